@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install DeepSynth with its test dependencies. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+# torch first: 2.13.0 is the CPU wheel our machines hold; a looser spec would pull a multi-GB CUDA build.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev]"

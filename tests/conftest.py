@@ -1,0 +1,21 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURE_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "deepseek-ocr-reference"
+for path in (REPO_ROOT, REPO_ROOT / "src"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    # The parity fixture is part of the contract: a missing fixture is a failure, never a skip.
+    if not (FIXTURE_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(f"DeepSeek-OCR reference fixture missing at {FIXTURE_DIR}")
+    return FIXTURE_DIR
