@@ -145,3 +145,5 @@ class DeepSynthConfig(PreTrainedConfig):
 
 
 __all__ = ["DeepSynthConfig", "num_image_tokens", "vision_grid_size"]
+
+DeepSynthConfig.register_for_auto_class()

@@ -543,3 +543,7 @@ __all__ = [
     "DeepSynthPreTrainedModel",
     "deepsynth_config_from_original",
 ]
+
+# save_pretrained copies this file and configuration_deepsynth.py next to the weights (Hub remote code).
+DeepSynthModel.register_for_auto_class("AutoModel")
+DeepSynthForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
