@@ -109,6 +109,10 @@ class DeepSynthConfig(PreTrainedConfig):
             )
         if any(t != "full_attention" for t in text.layer_types):
             raise ValueError(f"DeepSeek-OCR uses full attention on every layer, got layer_types={text.layer_types}")
+        if len(sam.downsample_channels) != 2:
+            raise ValueError(
+                f"sam_config.downsample_channels must list the 2 stride-2 convs after SAM, got {sam.downsample_channels}"
+            )
         if clip.hidden_size != sam.downsample_channels[-1]:
             raise ValueError(
                 f"CLIP takes SAM features as patch embeddings: vision_config.encoder_config.hidden_size "
