@@ -17,6 +17,8 @@ setup(
     # The Hub remote-code files live at the repo root (they travel with every checkpoint).
     py_modules=["configuration_deepsynth", "modeling_deepsynth", "processing_deepsynth"],
     include_package_data=True,
+    # a local `evaluate` metric module (no __init__.py: evaluate.load() takes the folder)
+    package_data={"deepsynth.evaluation": ["metrics/deepsynth_qa/*.py"]},
     install_requires=[
         "torch>=2.4",  # tested with 2.13.0 (CPU); install it before this package
         "transformers>=5.24.0,<5.25",  # unlimited_ocr modules + remote-code rules as tested

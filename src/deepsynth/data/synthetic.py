@@ -1,0 +1,460 @@
+"""Synthetic instruction data: short business documents with questions, extraction and summary tasks.
+
+Each row is one freshly drawn document (financial report, invoice, meeting notes,
+product spec, HR offer letter) rendered in one of several layouts, one instruction
+and a gold answer computed from the document's facts. Documents are kept short
+(4-10 lines, 25-65 words) because a small model must read them from pixels.
+
+Splits, each deterministic from (split, n, seed):
+  train / validation  training value pools, training templates, training layouts
+  test_values         values never seen in training: disjoint name/company/product pools,
+                      and the integer part of every number (and every date's day) ends
+                      in 7-9, whereas in training it ends in 0-6. Keying on the integer
+                      part (not the last printed digit) also keeps "$12,347" from being a
+                      prefix of a training "$12,347.25".
+  test_paraphrases    instruction templates never used in training
+  test_layouts        layouts never used in training ("table", "inline")
+
+Gold answers: QA -> the value string exactly as printed in the document ("$45.2M",
+"March 3, 2024", "Acme Corp"); extraction -> the values in document order joined by
+"; " (amounts contain commas); summary -> one templated sentence built from the facts.
+"""
+
+import random
+import re
+import textwrap
+from dataclasses import dataclass, field
+
+from datasets import Dataset, DatasetDict
+
+DOC_KINDS = ("financial_report", "invoice", "meeting_notes", "product_spec", "hr_letter")
+TASKS = ("qa", "extraction", "summary")
+TRAIN_LAYOUTS = ("fields", "prose", "bullets")
+HELDOUT_LAYOUTS = ("table", "inline")
+SPLITS = ("train", "validation", "test_values", "test_paraphrases", "test_layouts")
+ANSWER_SEP = "; "
+# Fact types that count as "values" for the held-out-values split (what must never leak).
+VALUE_TYPES = ("money", "percent", "date", "person", "org", "product", "id", "number")
+
+# --- value pools: training and held-out halves never share a string -----------------------
+
+_TRAIN_FIRST = (
+    "Alice", "Brian", "Carla", "David", "Elena", "Frank", "Grace", "Henry", "Irene", "Jacob",
+    "Karen", "Lucas", "Maria", "Nathan", "Olivia", "Peter", "Rachel", "Samuel", "Teresa", "Victor",
+    "Wendy", "Xavier", "Yvonne", "Zachary", "Monica", "Oscar", "Paula", "Roger", "Sofia", "Thomas",
+)
+_TRAIN_LAST = (
+    "Smith", "Johnson", "Garcia", "Miller", "Davis", "Lopez", "Wilson", "Moore", "Taylor", "Thomas",
+    "Martin", "Clark", "Lewis", "Walker", "Hall", "Young", "King", "Wright", "Scott", "Green",
+    "Baker", "Adams", "Nelson", "Carter", "Mitchell", "Perez", "Roberts", "Turner", "Phillips", "Evans",
+)
+_HELDOUT_FIRST = ("Ingrid", "Dmitri", "Priya", "Kwame", "Astrid", "Mateo", "Leila", "Tobias", "Noor", "Hiroshi", "Bianca", "Emeka")
+_HELDOUT_LAST = ("Okafor", "Lindqvist", "Nakamura", "Oyelaran", "Castellano", "Haddad", "Kowalczyk", "Rasmussen", "Ferreira", "Quispe", "Abernathy", "Vasquez")
+_TRAIN_STEMS = (
+    "Acme", "Northwind", "Bluepeak", "Stonebridge", "Redwood", "Silverline", "Greenfield", "Ironclad",
+    "Brightwave", "Oakmont", "Summit", "Harbor", "Pinecrest", "Clearwater", "Goldleaf", "Westbrook",
+    "Eastgate", "Riverstone", "Highland", "Maplewood",
+)
+_HELDOUT_STEMS = ("Zephyrine", "Quillfeather", "Obsidian", "Veltrana", "Kestrelmoor", "Juniperhall", "Umbervale", "Xylocore")
+_COMPANY_SUFFIXES = ("Corp", "Inc", "Labs", "Group", "Systems", "Holdings", "Ltd")
+_TRAIN_PRODUCTS = ("Nova", "Pulse", "Vertex", "Orbit", "Falcon", "Echo", "Atlas", "Comet", "Lumen", "Sprint")
+_HELDOUT_PRODUCTS = ("Quasar", "Zenith", "Borealis", "Tundra", "Mistral")
+_TRAIN_DIGITS = "0123456"
+_HELDOUT_DIGITS = "789"
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+          "September", "October", "November", "December")
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Where a document's entity names and number digits come from."""
+
+    first: tuple
+    last: tuple
+    stems: tuple
+    products: tuple
+    digits: str  # allowed last digits of every number's integer part (and of every date's day)
+
+
+TRAIN_POOLS = Pools(_TRAIN_FIRST, _TRAIN_LAST, _TRAIN_STEMS, _TRAIN_PRODUCTS, _TRAIN_DIGITS)
+HELDOUT_POOLS = Pools(_HELDOUT_FIRST, _HELDOUT_LAST, _HELDOUT_STEMS, _HELDOUT_PRODUCTS, _HELDOUT_DIGITS)
+
+# --- instruction templates: (id, text); "t" = training, "h" = held-out paraphrases ----------
+
+QA_TEMPLATES = {
+    "train": (
+        "What is the {q}?", "What was the {q}?", "According to the document, what is the {q}?",
+        "What does the document say the {q} is?", "Tell me the {q}.", "Can you tell me the {q}?",
+        "Please state the {q}.", "Find the {q}.", "Look up the {q} in this document.",
+        "What is the {q} given in the text?",
+    ),
+    "heldout": (
+        "I need the {q}. What is it?", "Could you give me the {q} from this document?",
+        "Based on the text, identify the {q}.", "Report only the {q}.",
+    ),
+}
+EXTRACTION_TEMPLATES = {
+    "train": (
+        "Extract all {what}.", "Extract all {what} from this document.", "List all {what} in the document.",
+        "List every one of the {what} mentioned.", "Pull out the {what}.", "Find all {what} in the text.",
+        "Which {what} appear in the document?", "Give me all {what}, in order.",
+        "Collect the {what} from this document.", "Identify all {what} in the text.",
+    ),
+    "heldout": (
+        "Return a list of the {what} that appear here.", "Scan the document and output every one of the {what}.",
+        "What are all the {what} stated here?", "Enumerate the {what} found in this text.",
+    ),
+}
+SUMMARY_TEMPLATES = {
+    "train": (
+        "Summarize focusing only on {f}.", "Summarize the document, focusing on {f}.",
+        "Write a one-sentence summary about {f}.", "Give a short summary of {f}.",
+        "Summarize with emphasis on {f}.", "In one sentence, what does the document say about {f}?",
+        "Provide a brief summary limited to {f}.", "Summarize what is said about {f}.",
+        "Write a brief summary covering {f}.",
+    ),
+    "heldout": (
+        "Briefly recap {f}.", "Sum up what the text reports on {f}.",
+        "Focus on {f} and summarize.", "Give me the gist regarding {f}.",
+    ),
+}
+TEMPLATES = {"qa": QA_TEMPLATES, "extraction": EXTRACTION_TEMPLATES, "summary": SUMMARY_TEMPLATES}
+# Extraction targets: (plural noun used in the instruction, fact types collected).
+EXTRACTION_TARGETS = (
+    ("dollar amounts", ("money",)),
+    ("dates", ("date",)),
+    ("percentages", ("percent",)),
+    ("names of people", ("person",)),
+    ("company names", ("org",)),
+    ("amounts and percentages", ("money", "percent")),
+)
+
+_SPLIT_CONFIG = {  # split -> (value pools, template set, layouts)
+    "train": (TRAIN_POOLS, "train", TRAIN_LAYOUTS),
+    "validation": (TRAIN_POOLS, "train", TRAIN_LAYOUTS),
+    "test_values": (HELDOUT_POOLS, "train", TRAIN_LAYOUTS),
+    "test_paraphrases": (TRAIN_POOLS, "heldout", TRAIN_LAYOUTS),
+    "test_layouts": (TRAIN_POOLS, "train", HELDOUT_LAYOUTS),
+}
+
+
+@dataclass
+class Fact:
+    label: str  # shown in key/value layouts: "Revenue"
+    value: str  # exactly as printed: "$45.2M"
+    type: str  # money | percent | date | person | org | product | id | number | text
+    sentence: str  # the fact as a sentence, for prose and bullets; must contain `value`
+    ask: str | None = None  # noun phrase for questions ("Q3 2024 revenue"); None = never asked
+
+
+@dataclass
+class Document:
+    kind: str
+    title: str
+    facts: list[Fact]
+    summaries: dict = field(default_factory=dict)  # focus phrase -> gold one-sentence summary
+
+    def values(self) -> list[str]:
+        """Entity and number strings of this document (what test_values holds out)."""
+        return [f.value for f in self.facts if f.type in VALUE_TYPES]
+
+
+# --- value drawing -------------------------------------------------------------------------
+
+
+def _digit_ok(number: str, digits: str) -> bool:
+    """Whether the integer part of the first number in `number` ends in an allowed digit."""
+    integer = re.search(r"\d[\d,]*", number).group().replace(",", "")
+    return integer[-1] in digits
+
+
+def _int(rng: random.Random, lo: int, hi: int, digits: str) -> int:
+    """An integer of about lo..hi whose last digit is in `digits`."""
+    return rng.randint(lo // 10, hi // 10) * 10 + int(rng.choice(digits))
+
+
+def _millions(rng, lo: int, hi: int, digits: str) -> str:
+    """"$45.2M": about lo..hi millions, one decimal."""
+    return f"${_int(rng, lo, hi, digits)}.{rng.randint(0, 9)}M"
+
+
+def _dollars(rng, lo: int, hi: int, digits: str, cents: bool = True) -> str:
+    """"$1,234.56" (or "$84,375" without cents)."""
+    return f"${_int(rng, lo, hi, digits):,}" + (f".{rng.randint(0, 99):02d}" if cents else "")
+
+
+def _percent(rng, lo: int, hi: int, digits: str) -> str:
+    return f"{_int(rng, lo, hi, digits)}.{rng.randint(0, 9)}%"
+
+
+def _date(rng, digits: str, year: int | None = None, month: int | None = None) -> str:
+    """"March 3, 2024"; the day's last digit comes from the pool, so days never cross splits."""
+    days = [d for d in range(1, 29) if str(d)[-1] in digits]
+    month = month or rng.randint(1, 12)
+    return f"{MONTHS[month - 1]} {rng.choice(days)}, {year or rng.randint(2021, 2025)}"
+
+
+def _person(rng, pools: Pools) -> str:
+    return f"{rng.choice(pools.first)} {rng.choice(pools.last)}"
+
+
+def _company(rng, pools: Pools) -> str:
+    return f"{rng.choice(pools.stems)} {rng.choice(_COMPANY_SUFFIXES)}"
+
+
+def _two_people(rng, pools: Pools) -> tuple[str, str]:
+    a = _person(rng, pools)
+    while (b := _person(rng, pools)) == a:
+        pass
+    return a, b
+
+
+# --- the five document kinds ---------------------------------------------------------------
+
+
+def _financial_report(rng: random.Random, p: Pools) -> Document:
+    company, cfo = _company(rng, p), _person(rng, p)
+    quarter, year = rng.randint(1, 4), rng.randint(2021, 2025)
+    period = f"Q{quarter} {year}"
+    # Growth is computed from the two printed revenues, so redraw until it obeys the digit pool.
+    while True:
+        prev = _millions(rng, 20, 150, p.digits)
+        revenue_m = round(float(prev[1:-1]) * (1 + rng.uniform(0.02, 0.35)), 1)
+        revenue, growth = f"${revenue_m:.1f}M", f"{(revenue_m / float(prev[1:-1]) - 1) * 100:.1f}%"
+        if _digit_ok(revenue, p.digits) and _digit_ok(growth, p.digits):
+            break
+    net_income = _millions(rng, 1, int(revenue_m * 0.3), p.digits)
+    margin = _percent(rng, 5, 30, p.digits)
+    facts = [
+        Fact("Company", company, "org", f"{company} reported its results for {period}.", "company name"),
+        Fact("Revenue", revenue, "money", f"Revenue for the quarter was {revenue}.", f"Q{quarter} revenue"),
+        Fact("Prior-year revenue", prev, "money", f"A year earlier, revenue was {prev}.", "prior-year revenue"),
+        Fact("Revenue growth", growth, "percent", f"Revenue grew {growth} year over year.", "revenue growth rate"),
+        Fact("Net income", net_income, "money", f"Net income came in at {net_income}.", "net income"),
+        Fact("Operating margin", margin, "percent", f"The operating margin was {margin}.", "operating margin"),
+        Fact("CFO", cfo, "person", f"The report was signed by CFO {cfo}.", "name of the CFO"),
+    ]
+    return Document("financial_report", f"Quarterly Report - {period}", facts, {
+        "revenue trends": f"{company}'s revenue grew {growth} to {revenue} in {period}, up from {prev} a year earlier.",
+        "profitability": f"{company} reported net income of {net_income} and an operating margin of {margin} in {period}.",
+    })
+
+
+_INVOICE_ITEMS = ("consulting services", "software licenses", "cloud hosting", "hardware maintenance",
+                  "training sessions", "data migration", "support plan", "design work")
+
+
+def _invoice(rng: random.Random, p: Pools) -> Document:
+    vendor = _company(rng, p)
+    while (client := _company(rng, p)) == vendor:
+        pass
+    number = f"INV-{_int(rng, 10000, 99999, p.digits)}"
+    year, month = rng.randint(2021, 2025), rng.randint(1, 11)
+    issued, due = _date(rng, p.digits, year, month), _date(rng, p.digits, year, month + 1)
+    item1, item2 = rng.sample(_INVOICE_ITEMS, 2)
+    # The total is the printed sum of the two items: redraw until it obeys the digit pool too.
+    while True:
+        cents1 = _int(rng, 50, 9999, p.digits) * 100 + rng.randint(0, 99)
+        cents2 = _int(rng, 50, 9999, p.digits) * 100 + rng.randint(0, 99)
+        if str((cents1 + cents2) // 100)[-1] in p.digits:
+            break
+    amount1, amount2, total = (f"${c // 100:,}.{c % 100:02d}" for c in (cents1, cents2, cents1 + cents2))
+    facts = [
+        Fact("Invoice number", number, "id", f"This is invoice {number}.", "invoice number"),
+        Fact("From", vendor, "org", f"It was issued by {vendor}.", "name of the vendor"),
+        Fact("Bill to", client, "org", f"It is billed to {client}.", "name of the client"),
+        Fact("Issue date", issued, "date", f"The invoice is dated {issued}.", "issue date"),
+        Fact(item1.capitalize(), amount1, "money", f"{item1.capitalize()} cost {amount1}.", f"charge for {item1}"),
+        Fact(item2.capitalize(), amount2, "money", f"{item2.capitalize()} cost {amount2}.", f"charge for {item2}"),
+        Fact("Total due", total, "money", f"The total due is {total}.", "total amount due"),
+        Fact("Due date", due, "date", f"Payment is due by {due}.", "due date"),
+    ]
+    return Document("invoice", f"Invoice {number}", facts, {
+        "the amount due and due date": f"{vendor} billed {client} {total} on invoice {number}, due {due}.",
+        "the billed items": f"The invoice charges {amount1} for {item1} and {amount2} for {item2}, totaling {total}.",
+    })
+
+
+_MEETING_TOPICS = ("vendor selection", "the product roadmap", "office relocation", "the hiring plan",
+                   "the marketing budget", "the security audit", "customer onboarding", "the pricing review")
+_ACTIONS = ("draft the rollout plan", "send the revised budget", "book the venue", "review the contracts",
+            "prepare the board deck", "update the project timeline", "contact the suppliers", "publish the minutes")
+
+
+def _meeting_notes(rng: random.Random, p: Pools) -> Document:
+    org, (chair, owner) = _company(rng, p), _two_people(rng, p)
+    year, month = rng.randint(2021, 2025), rng.randint(1, 11)
+    date, deadline = _date(rng, p.digits, year, month), _date(rng, p.digits, year, month + 1)
+    topic, action = rng.choice(_MEETING_TOPICS), rng.choice(_ACTIONS)
+    budget = _millions(rng, 1, 19, p.digits)
+    facts = [
+        Fact("Organization", org, "org", f"Meeting notes from {org}.", "name of the organization"),
+        Fact("Date", date, "date", f"The meeting took place on {date}.", "meeting date"),
+        Fact("Chair", chair, "person", f"{chair} chaired the meeting.", "name of the meeting chair"),
+        Fact("Topic", topic, "text", f"The main topic was {topic}.", "main topic of the meeting"),
+        Fact("Approved budget", budget, "money", f"The team approved a budget of {budget}.", "approved budget"),
+        Fact("Action owner", owner, "person", f"{owner} owns the next action item.", "owner of the action item"),
+        Fact("Action item", action, "text", f"The action item is to {action}.", "action item"),
+        Fact("Deadline", deadline, "date", f"It is due by {deadline}.", "deadline for the action item"),
+    ]
+    return Document("meeting_notes", "Meeting Notes", facts, {
+        "decisions": f"On {date}, the {org} team approved a budget of {budget} for {topic}.",
+        "action items": f"{owner} will {action} by {deadline}.",
+    })
+
+
+def _product_spec(rng: random.Random, p: Pools) -> Document:
+    maker = _company(rng, p)
+    product = f"{rng.choice(p.products)} {rng.choice('XSMP')}{_int(rng, 100, 999, p.digits)}"
+    price = _dollars(rng, 49, 2999, p.digits)
+    care_plan = _dollars(rng, 19, 299, p.digits)
+    weight = f"{_int(rng, 0, 19, p.digits)}.{rng.randint(0, 9)} kg"
+    battery = f"{_int(rng, 1500, 9999, p.digits)} mAh"
+    released = _date(rng, p.digits)
+    warranty = f"{rng.randint(1, 3)}-year"
+    facts = [
+        Fact("Product", product, "product", f"The {product} is the newest model.", "product name"),
+        Fact("Manufacturer", maker, "org", f"It is made by {maker}.", "manufacturer"),
+        Fact("Price", price, "money", f"It sells for {price}.", "price"),
+        Fact("Care plan", care_plan, "money", f"An extended care plan costs {care_plan}.", "price of the care plan"),
+        Fact("Weight", weight, "number", f"It weighs {weight}.", "weight"),
+        Fact("Battery", battery, "number", f"The battery holds {battery}.", "battery capacity"),
+        Fact("Release date", released, "date", f"It was released on {released}.", "release date"),
+        Fact("Warranty", warranty, "text", f"It comes with a {warranty} warranty.", "warranty period"),
+    ]
+    return Document("product_spec", f"Product Specification: {product}", facts, {
+        "technical specifications": f"The {product} weighs {weight} and has a {battery} battery.",
+        "price and availability": f"The {product} from {maker} costs {price} and was released on {released}.",
+    })
+
+
+_POSITIONS = ("Data Analyst", "Software Engineer", "Product Manager", "Sales Director", "UX Designer",
+              "Financial Controller", "Operations Lead", "Research Scientist")
+
+
+def _hr_letter(rng: random.Random, p: Pools) -> Document:
+    company, (candidate, manager) = _company(rng, p), _two_people(rng, p)
+    position = rng.choice(_POSITIONS)
+    salary = _dollars(rng, 45000, 180000, p.digits, cents=False)
+    bonus = _dollars(rng, 1000, 20000, p.digits, cents=False)
+    year, month = rng.randint(2021, 2025), rng.randint(1, 11)
+    respond_by, start = _date(rng, p.digits, year, month), _date(rng, p.digits, year, month + 1)
+    facts = [
+        Fact("Company", company, "org", f"{company} is pleased to make you an offer.", "name of the employer"),
+        Fact("Candidate", candidate, "person", f"This letter is addressed to {candidate}.", "candidate's name"),
+        Fact("Position", position, "text", f"The offered position is {position}.", "position offered"),
+        Fact("Annual salary", salary, "money", f"The annual salary is {salary}.", "annual salary"),
+        Fact("Signing bonus", bonus, "money", f"A signing bonus of {bonus} is included.", "signing bonus"),
+        Fact("Manager", manager, "person", f"You will report to {manager}.", "name of the manager"),
+        Fact("Start date", start, "date", f"Your start date is {start}.", "start date"),
+        Fact("Respond by", respond_by, "date", f"Please respond by {respond_by}.", "response deadline"),
+    ]
+    return Document("hr_letter", "Offer Letter", facts, {
+        "the offer terms": f"{company} offers {candidate} the {position} role at {salary} a year plus a {bonus} signing bonus.",
+        "key dates": f"{candidate} must respond by {respond_by} and starts on {start}.",
+    })
+
+
+_BUILDERS = {
+    "financial_report": _financial_report,
+    "invoice": _invoice,
+    "meeting_notes": _meeting_notes,
+    "product_spec": _product_spec,
+    "hr_letter": _hr_letter,
+}
+
+
+def make_document(kind: str, rng: random.Random, pools: Pools = TRAIN_POOLS) -> Document:
+    """Draw one document of `kind` with values from `pools`."""
+    return _BUILDERS[kind](rng, pools)
+
+
+# --- layouts -------------------------------------------------------------------------------
+
+
+def _wrap(text: str, protect: list[str], width: int = 72) -> list[str]:
+    """Wrap text at `width` without ever breaking inside a value (answers must stay verbatim)."""
+    glue = "\x00"
+    for value in sorted(protect, key=len, reverse=True):
+        text = text.replace(value, value.replace(" ", glue))
+    return [line.replace(glue, " ") for line in textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)]
+
+
+def render(doc: Document, layout: str) -> str:
+    """The document as plain text in one layout; every layout keeps the facts in the same order."""
+    if layout == "fields":  # "Label: value" lines
+        body = [f"{f.label}: {f.value}" for f in doc.facts]
+    elif layout == "prose":  # one wrapped paragraph
+        body = _wrap(" ".join(f.sentence for f in doc.facts), [f.value for f in doc.facts])
+    elif layout == "bullets":
+        body = [f"- {f.sentence}" for f in doc.facts]
+    elif layout == "table":  # aligned two-column table
+        width = max(len(f.label) for f in doc.facts) + 3
+        body = [f"{'Item'.ljust(width)}Value"] + [f"{f.label.ljust(width)}{f.value}" for f in doc.facts]
+    elif layout == "inline":  # "Label - value" pairs run together, separated by " | "
+        body = _wrap(" | ".join(f"{f.label} - {f.value}" for f in doc.facts), [f.value for f in doc.facts])
+    else:
+        raise ValueError(f"unknown layout {layout!r}; choose from {TRAIN_LAYOUTS + HELDOUT_LAYOUTS}")
+    return "\n".join([doc.title, *body])
+
+
+# --- instructions and answers --------------------------------------------------------------
+
+
+def _in_text_order(values: list[str], text: str) -> list[str]:
+    """Distinct values sorted by where they first appear in the rendered text."""
+    return sorted(dict.fromkeys(values), key=text.find)
+
+
+def _make_task(task: str, doc: Document, text: str, template_set: str, rng: random.Random) -> tuple[str, str, str]:
+    """(instruction, answer, template_id) for one task on one rendered document."""
+    templates = TEMPLATES[task][template_set]
+    index = rng.randrange(len(templates))
+    template_id = f"{task}/{template_set[0]}{index:02d}"  # e.g. "qa/t03", "summary/h01"
+    if task == "qa":
+        fact = rng.choice([f for f in doc.facts if f.ask])
+        return templates[index].format(q=fact.ask), fact.value, template_id
+    if task == "extraction":
+        # Only targets with at least two values: a one-item "list" would just be QA.
+        targets = [(noun, [f.value for f in doc.facts if f.type in types]) for noun, types in EXTRACTION_TARGETS]
+        noun, values = rng.choice([(noun, vals) for noun, vals in targets if len(vals) >= 2])
+        return templates[index].format(what=noun), ANSWER_SEP.join(_in_text_order(values, text)), template_id
+    focus = rng.choice(sorted(doc.summaries))
+    return templates[index].format(f=focus), doc.summaries[focus], template_id
+
+
+def iter_examples(split: str, n: int, seed: int = 0):
+    """Yield (row, document) pairs; `generate_split` keeps the rows. Tests use the documents."""
+    if split not in _SPLIT_CONFIG:
+        raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    pools, template_set, layouts = _SPLIT_CONFIG[split]
+    # A string seed is hashed with SHA-512 by `random`, so it is stable across runs and machines.
+    rng = random.Random(f"deepsynth-synthetic:{seed}:{split}")
+    for i in range(n):
+        # Cycle kinds and tasks so that every 15 rows cover every (kind, task) pair.
+        kind, task = DOC_KINDS[i % len(DOC_KINDS)], TASKS[(i // len(DOC_KINDS)) % len(TASKS)]
+        layout = rng.choice(layouts)
+        doc = make_document(kind, rng, pools)
+        text = render(doc, layout)
+        instruction, answer, template_id = _make_task(task, doc, text, template_set, rng)
+        row = {
+            "id": f"{split}-{seed}-{i:06d}",
+            "text": text,
+            "instruction": instruction,
+            "answer": answer,
+            "task": task,
+            "doc_kind": kind,
+            "layout": layout,
+            "template_id": template_id,
+        }
+        yield row, doc
+
+
+def generate_split(split: str, n: int, seed: int = 0) -> list[dict]:
+    """`n` rows of `split` with keys id, text, instruction, answer, task, doc_kind, layout, template_id."""
+    return [row for row, _ in iter_examples(split, n, seed)]
+
+
+def build_dataset_dict(sizes: dict[str, int], seed: int = 0) -> DatasetDict:
+    """A DatasetDict with one split per entry of `sizes` (split name -> number of rows)."""
+    return DatasetDict({split: Dataset.from_list(generate_split(split, n, seed)) for split, n in sizes.items()})

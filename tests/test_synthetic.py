@@ -1,0 +1,196 @@
+import importlib.util
+import json
+import pathlib
+import re
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
+
+import pytest  # noqa: E402
+
+from deepsynth.data import synthetic  # noqa: E402
+from deepsynth.data.synthetic import (  # noqa: E402
+    DOC_KINDS,
+    HELDOUT_LAYOUTS,
+    SPLITS,
+    TASKS,
+    TEMPLATES,
+    TRAIN_LAYOUTS,
+    Document,
+    Fact,
+    build_dataset_dict,
+    generate_split,
+    iter_examples,
+    render,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+N = 150  # 10 rows of every (kind, task) pair
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {split: generate_split(split, N, seed=7) for split in SPLITS}
+
+
+def test_same_seed_same_rows_other_seed_other_rows(rows):
+    assert generate_split("test_values", N, seed=7) == rows["test_values"]
+    assert generate_split("train", N, seed=8) != rows["train"]
+    assert generate_split("validation", N, seed=7) != rows["train"]  # splits draw their own streams
+    assert generate_split("train", 20, seed=7) == rows["train"][:20]  # a prefix does not depend on n
+
+
+def test_rows_have_the_documented_keys(rows):
+    keys = {"id", "text", "instruction", "answer", "task", "doc_kind", "layout", "template_id"}
+    for split, split_rows in rows.items():
+        assert len(split_rows) == N
+        assert all(set(r) == keys and all(isinstance(v, str) and v for v in r.values()) for r in split_rows)
+        assert len({r["id"] for r in split_rows}) == N
+
+
+def test_every_kind_task_and_layout_is_produced(rows):
+    for split, split_rows in rows.items():
+        assert {(r["doc_kind"], r["task"]) for r in split_rows} == {(k, t) for k in DOC_KINDS for t in TASKS}
+        layouts = HELDOUT_LAYOUTS if split == "test_layouts" else TRAIN_LAYOUTS
+        assert {r["layout"] for r in split_rows} == set(layouts), split
+
+
+def test_documents_stay_short(rows):
+    for split_rows in rows.values():
+        for r in split_rows:
+            assert 4 <= r["text"].count("\n") + 1 <= 10
+            assert 20 <= len(r["text"].split()) <= 120
+            assert max(len(line) for line in r["text"].splitlines()) <= 80
+
+
+def _template_regex(template):
+    # "What is the {q}?" -> ^What\ is\ the\ .+\?$
+    return re.compile("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(template)) + "$")
+
+
+def test_paraphrase_split_uses_only_unseen_templates(rows):
+    for task, sets in TEMPLATES.items():
+        assert len(sets["train"]) >= 8 and len(sets["heldout"]) >= 4
+        assert not set(sets["train"]) & set(sets["heldout"])
+    train_patterns = [_template_regex(t) for sets in TEMPLATES.values() for t in sets["train"]]
+    heldout_patterns = [_template_regex(t) for sets in TEMPLATES.values() for t in sets["heldout"]]
+    for r in rows["test_paraphrases"]:
+        assert re.fullmatch(r"(qa|extraction|summary)/h\d\d", r["template_id"])
+        assert not any(p.match(r["instruction"]) for p in train_patterns), r["instruction"]
+    for split in ("train", "validation", "test_values", "test_layouts"):
+        for r in rows[split]:
+            assert re.fullmatch(r"(qa|extraction|summary)/t\d\d", r["template_id"])
+            assert not any(p.match(r["instruction"]) for p in heldout_patterns), r["instruction"]
+    # many paraphrases are really used, not just defined
+    assert len({r["template_id"] for r in rows["train"]}) >= 25
+
+
+def test_layout_split_uses_only_unseen_layouts(rows):
+    assert not set(TRAIN_LAYOUTS) & set(HELDOUT_LAYOUTS)
+    assert {r["layout"] for r in rows["train"] + rows["validation"]} <= set(TRAIN_LAYOUTS)
+    assert {r["layout"] for r in rows["test_layouts"]} <= set(HELDOUT_LAYOUTS)
+
+
+def test_value_split_never_repeats_a_training_value():
+    train_text = "\n".join(r["text"] for r in generate_split("train", 3000, seed=0))
+    checked = 0
+    for _, doc in iter_examples("test_values", 400, seed=0):
+        for value in doc.values():
+            assert value not in train_text, value
+            checked += 1
+    assert checked > 400 * 6
+    for name in synthetic.HELDOUT_POOLS.first + synthetic.HELDOUT_POOLS.last + synthetic.HELDOUT_POOLS.stems:
+        assert name not in train_text
+
+
+def test_value_split_numbers_end_in_heldout_digits():
+    for _, doc in iter_examples("test_values", 100, seed=1):
+        for fact in doc.facts:
+            if fact.type in ("money", "percent", "number", "id", "product"):
+                integer_part = re.search(r"\d[\d,]*", fact.value).group().replace(",", "")
+                assert integer_part[-1] in "789", fact.value
+            if fact.type == "date":
+                assert re.fullmatch(r"[A-Z][a-z]+ (7|8|9|17|18|19|27|28), \d{4}", fact.value), fact.value
+
+
+def test_answers_are_derivable_from_the_text(rows):
+    money_or_percent = re.compile(r"\$[\d,]+(?:\.\d+)?M?|\d+\.\d%")
+    for split_rows in rows.values():
+        for r in split_rows:
+            text, answer = r["text"], r["answer"]
+            if r["task"] == "qa":
+                assert answer in text
+            elif r["task"] == "extraction":
+                items = answer.split("; ")
+                assert len(items) >= 2 and len(set(items)) == len(items)
+                positions = [text.index(item) for item in items]
+                assert positions == sorted(positions), (text, answer)  # document order
+            else:
+                assert answer.endswith(".") and answer.count(". ") == 0  # one sentence
+                assert all(v in text for v in money_or_percent.findall(answer)), (text, answer)
+
+
+def test_computed_figures_are_consistent():
+    for _, doc in iter_examples("train", 100, seed=2):
+        facts = {f.label: f.value for f in doc.facts}
+        if doc.kind == "financial_report":
+            revenue, prev = float(facts["Revenue"][1:-1]), float(facts["Prior-year revenue"][1:-1])
+            assert facts["Revenue growth"] == f"{(revenue / prev - 1) * 100:.1f}%"
+        if doc.kind == "invoice":
+            amounts = [float(f.value[1:].replace(",", "")) for f in doc.facts if f.type == "money"]
+            assert amounts[0] + amounts[1] == pytest.approx(amounts[2])
+
+
+DOC = Document(
+    "invoice",
+    "Invoice INV-10234",
+    [
+        Fact("From", "Acme Corp", "org", "It was issued by Acme Corp.", "vendor"),
+        Fact("Total due", "$1,250.50", "money", "The total due is $1,250.50.", "total amount due"),
+        Fact("Due date", "March 3, 2024", "date", "Pay by March 3, 2024.", "due date"),
+    ],
+)
+
+
+def test_render_layouts_exactly():
+    assert render(DOC, "fields") == "Invoice INV-10234\nFrom: Acme Corp\nTotal due: $1,250.50\nDue date: March 3, 2024"
+    assert render(DOC, "bullets") == (
+        "Invoice INV-10234\n- It was issued by Acme Corp.\n- The total due is $1,250.50.\n"
+        "- Pay by March 3, 2024."
+    )
+    assert render(DOC, "table") == (
+        "Invoice INV-10234\nItem        Value\nFrom        Acme Corp\nTotal due   $1,250.50\nDue date    March 3, 2024"
+    )
+    # A plain 72-column wrap would end line 1 with "Pay by March 3," (71 chars); the date moves whole.
+    assert render(DOC, "prose") == (
+        "Invoice INV-10234\n"
+        "It was issued by Acme Corp. The total due is $1,250.50. Pay by\n"
+        "March 3, 2024."
+    )
+    assert render(DOC, "inline") == (
+        "Invoice INV-10234\nFrom - Acme Corp | Total due - $1,250.50 | Due date - March 3, 2024"
+    )
+    with pytest.raises(ValueError, match="unknown layout 'html'"):
+        render(DOC, "html")
+
+
+def test_unknown_split_is_rejected():
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        generate_split("test", 1, seed=0)
+
+
+def test_build_dataset_dict_and_script(tmp_path):
+    dd = build_dataset_dict({"train": 30, "test_layouts": 15}, seed=5)
+    assert {k: len(v) for k, v in dd.items()} == {"train": 30, "test_layouts": 15}
+    assert dd["train"].to_list() == generate_split("train", 30, seed=5)
+
+    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", REPO / "scripts" / "make_synthetic_dataset.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main(["--out", str(tmp_path), "--train", "12", "--validation", "3", "--test-values", "0",
+                 "--test-paraphrases", "4", "--test-layouts", "5", "--seed", "5"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "test_layouts.jsonl", "test_paraphrases.jsonl", "train.jsonl", "validation.jsonl"
+    ]
+    written = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written == generate_split("train", 12, seed=5)
