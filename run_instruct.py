@@ -1,0 +1,605 @@
+#!/usr/bin/env python
+"""Fine-tune / evaluate / predict DeepSynth on instruction data with Seq2SeqTrainer.
+
+    python run_instruct.py config.json                      # one JSON file holds every argument
+    python run_instruct.py --model_name_or_path DIR --dataset_name data.jsonl --output_dir out --do_train ...
+    accelerate launch run_instruct.py ...                   # multi-process (CPU: --multi_gpu + use_cpu)
+    python run_instruct.py ... --deepspeed ds_configs/zero2.json
+
+The user guide's keys and flags (`model_name`, `batch_size`, `num_epochs`, `--hf-dataset`, `--batch-size`, ...)
+are accepted too and mapped onto these arguments (see SEED_KEYS).
+
+Rows are {text | image | document, instruction, answer}; documents are rendered to page images lazily, per batch,
+inside the DataLoader workers.
+"""
+
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    HfArgumentParser,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+ROOT = Path(__file__).resolve().parent
+for path in (ROOT, ROOT / "src"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from configuration_deepsynth import DeepSynthConfig  # noqa: E402
+from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
+from processing_deepsynth import DeepSynthProcessor  # noqa: E402
+
+logger = logging.getLogger("run_instruct")
+
+# Default instruction encoders per `text_encoder_type` when no `text_encoder_model` is given.
+DEFAULT_TEXT_ENCODERS = {
+    "bert": "sentence-transformers/all-MiniLM-L6-v2",
+    "qwen2": "Qwen/Qwen2.5-0.5B",
+    "qwen3": "Qwen/Qwen3-0.6B",
+}
+TEXT_ENCODER_FAMILIES = {"bert": {"bert"}, "qwen2": {"qwen2"}, "qwen3": {"qwen3", "qwen2"}}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A DeepSynth checkpoint (folder or hub id), or an ORIGINAL DeepSeek-OCR folder "
+            "(converted on load). Leave empty with --config_name to train from scratch."
+        },
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "A DeepSynthConfig JSON to build a model from scratch (random weights)."}
+    )
+    processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Processor folder; defaults to the model folder."}
+    )
+    use_text_encoder: bool = field(
+        default=True, metadata={"help": "Fuse an instruction encoder (False: instruction only as decoder text)."}
+    )
+    text_encoder_type: str | None = field(
+        default=None, metadata={"help": "Encoder family: bert, qwen2 or qwen3 (picks a default model)."}
+    )
+    text_encoder_model: str | None = field(
+        default=None, metadata={"help": "Instruction encoder weights: folder or hub id loadable with AutoModel."}
+    )
+    text_encoder_trainable: bool = field(default=False, metadata={"help": "Fine-tune the instruction encoder."})
+    instruction_fusion: str = field(
+        default="tokens", metadata={"help": "tokens | pooled: per-token fusion or a few pooled soft tokens."}
+    )
+    freeze_vision: bool = field(
+        default=True, metadata={"help": "Freeze SAM + CLIP (the original DeepSeek-OCR training froze SAM)."}
+    )
+    freeze_vision_projector: bool = field(default=False, metadata={"help": "Also freeze the vision projector."})
+    freeze_decoder: bool = field(default=False, metadata={"help": "Freeze the MoE decoder (train the fusion only)."})
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of the decoder."})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank r."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_on_instruction_encoder: bool = field(
+        default=False, metadata={"help": "Also put LoRA on the instruction encoder's attention."}
+    )
+    merge_lora: bool = field(
+        default=True, metadata={"help": "After training, also write a merged plain checkpoint to OUTPUT_DIR/merged."}
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A .jsonl/.json/.csv file, a local datasets folder, or a hub dataset name."}
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config (e.g. v2.1)."})
+    dataset_source: str | None = field(
+        default=None, metadata={"help": "Convert rows from: squad, squad_v2, natural_questions, ms_marco."}
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Training rows (overrides dataset_name)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation rows."})
+    test_file: str | None = field(default=None, metadata={"help": "Prediction rows."})
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    validation_split: str = field(default="validation", metadata={"help": "Split used for evaluation."})
+    test_split: str = field(default="test", metadata={"help": "Split used for prediction."})
+    no_answer_text: str = field(default="No answer", metadata={"help": "Target for unanswerable SQuAD v2 rows."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Debug: keep the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Debug: keep the first N eval rows."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Debug: keep the first N test rows."})
+    max_pages: int | None = field(default=None, metadata={"help": "Pages per document (default: the processor's)."})
+    eval_metrics: str = field(
+        default="exact_match f1_score rouge", metadata={"help": "Space-separated: exact_match f1_score rouge."}
+    )
+
+
+@dataclass
+class DeepSynthTrainingArguments(Seq2SeqTrainingArguments):
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start afresh instead of resuming from the last checkpoint in output_dir."}
+    )
+    predict_with_generate: bool = field(default=True, metadata={"help": "Generate answers for eval/predict."})
+    generation_max_length: int | None = field(default=64, metadata={"help": "Max NEW tokens when generating."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator renders raw rows (text columns are needed)."}
+    )
+
+
+# ---- the user guide's keys and flags ------------------------------------------------------------------------------
+# guide key -> (our argument, converter)
+SEED_KEYS = {
+    "model_name": ("model_name_or_path", None),
+    "output": ("output_dir", None),
+    "hf_dataset": ("dataset_name", None),
+    "batch_size": ("per_device_train_batch_size", int),
+    "num_epochs": ("num_train_epochs", float),
+    "use_gradient_checkpointing": ("gradient_checkpointing", None),
+    "num_workers": ("dataloader_num_workers", int),
+    "use_deepseek_ocr": (None, None),  # the DeepSeek-OCR base is what model_name_or_path points at
+}
+SEED_BOOL_FLAGS = {"use_text_encoder", "text_encoder_trainable", "use_lora", "use_deepseek_ocr",
+                   "use_gradient_checkpointing", "do_train", "do_eval", "do_predict"}
+
+
+def translate_seed_dict(cfg: dict) -> dict:
+    """Guide-style keys -> HfArgumentParser keys. `mixed_precision` becomes bf16/fp16 (fp32 on CPU, see below)."""
+    out = {}
+    for key, value in cfg.items():
+        key = key.replace("-", "_")
+        if key in SEED_KEYS:
+            target, convert = SEED_KEYS[key]
+            if target is not None:
+                out[target] = convert(value) if convert else value
+            if key == "batch_size":
+                out.setdefault("per_device_eval_batch_size", int(value))
+        elif key == "mixed_precision":
+            value = str(value).lower()
+            if value not in ("bf16", "fp16", "no", "fp32", "none"):
+                raise ValueError(f"mixed_precision must be bf16, fp16 or no, got {value!r}")
+            out["bf16"], out["fp16"] = value == "bf16", value == "fp16"
+        else:
+            out[key] = value
+    return out
+
+
+def translate_seed_argv(argv: list[str]) -> list[str]:
+    """`--hf-dataset X --batch-size 4 --use-text-encoder` -> `--dataset_name X --per_device_train_batch_size 4 ...`;
+    `--config FILE` merges the JSON file's (guide-style) keys first, command-line flags win."""
+    pairs, i = {}, 0
+    extra = []
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            extra.append(arg)
+            i += 1
+            continue
+        key, _, inline = arg[2:].partition("=")
+        key = key.replace("-", "_")
+        takes_value = key not in SEED_BOOL_FLAGS and not inline
+        if inline:
+            value = inline
+        elif takes_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value, i = argv[i + 1], i + 1
+        else:
+            value = True
+        if key == "config":
+            with open(value) as f:
+                pairs = {**translate_seed_dict(json.load(f)), **pairs}
+        else:
+            pairs.update(translate_seed_dict({key: value}))
+        i += 1
+    result = list(extra)
+    for key, value in pairs.items():
+        if isinstance(value, bool):
+            result += [f"--{key}", str(value)]
+        elif isinstance(value, list):
+            result += [f"--{key}", *map(str, value)]
+        else:
+            result += [f"--{key}", str(value)]
+    return result
+
+
+def parse_args(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, DeepSynthTrainingArguments))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0]) as f:
+            cfg = translate_seed_dict(json.load(f))
+        prepare_environment(cfg)
+        cfg.setdefault("output_dir", "./outputs/deepsynth")
+        cfg.setdefault("report_to", ["tensorboard"])
+        return parser.parse_dict(cfg, allow_extra_keys=False)
+    argv = translate_seed_argv(argv)
+    if "--report_to" not in argv:
+        argv += ["--report_to", "tensorboard"]  # TensorBoard logs by default, as the HF examples used to
+    prepare_environment(dict(zip(argv[::2], argv[1::2])))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def prepare_environment(cfg: dict):
+    """CPU facts: DeepSpeed in a plain single process needs a torch.distributed rendezvous (else it looks for MPI)."""
+    wants_deepspeed = any(k.lstrip("-") == "deepspeed" for k in cfg)
+    if wants_deepspeed and "WORLD_SIZE" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+# ---- model ------------------------------------------------------------------------------------------------------
+def _is_original_deepseek_ocr(path: str) -> bool:
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    model_type = json.loads(cfg.read_text()).get("model_type")
+    return model_type in ("deepseek_vl_v2", "deepseekocr", "deepseek_ocr")
+
+
+def resolve_text_encoder(args: ModelArguments) -> str | None:
+    if not args.use_text_encoder:
+        return None
+    name = args.text_encoder_model or DEFAULT_TEXT_ENCODERS.get(args.text_encoder_type or "")
+    if name is None:
+        return None
+    if args.text_encoder_type:
+        if args.text_encoder_type not in DEFAULT_TEXT_ENCODERS:
+            raise ValueError(f"text_encoder_type must be one of {sorted(DEFAULT_TEXT_ENCODERS)}")
+        model_type = AutoConfig.from_pretrained(name).model_type
+        if model_type not in TEXT_ENCODER_FAMILIES[args.text_encoder_type]:
+            logger.warning("text_encoder_type=%s but %s is a %s model", args.text_encoder_type, name, model_type)
+    return name
+
+
+def build_model(args: ModelArguments):
+    encoder = resolve_text_encoder(args)
+    fusion = args.instruction_fusion if args.use_text_encoder else "none"
+    if args.model_name_or_path and _is_original_deepseek_ocr(args.model_name_or_path):
+        model = DeepSynthForConditionalGeneration.from_deepseek_ocr(
+            args.model_name_or_path, instruction_encoder=encoder, instruction_fusion=fusion
+        )
+    elif args.model_name_or_path:
+        model = DeepSynthForConditionalGeneration.from_pretrained(args.model_name_or_path)
+        if args.use_text_encoder != (model.config.instruction_fusion != "none"):
+            raise ValueError(
+                f"{args.model_name_or_path} has instruction_fusion={model.config.instruction_fusion!r} but "
+                f"use_text_encoder={args.use_text_encoder}: convert a new checkpoint instead"
+            )
+        if args.text_encoder_model:
+            model.load_instruction_encoder(args.text_encoder_model)
+    elif args.config_name:
+        config = DeepSynthConfig.from_json_file(args.config_name)
+        if not args.use_text_encoder:
+            config.instruction_fusion, config.instruction_encoder_config = "none", None
+        model = DeepSynthForConditionalGeneration(config)
+        if encoder and config.instruction_fusion != "none":
+            model.load_instruction_encoder(encoder)
+    else:
+        raise ValueError("Pass model_name_or_path (DeepSynth or DeepSeek-OCR checkpoint) or config_name (scratch)")
+    apply_freezing(model, args)
+    return model
+
+
+def apply_freezing(model, args: ModelArguments):
+    inner = model.model
+    inner.vision_tower.requires_grad_(not args.freeze_vision)
+    inner.multi_modal_projector.requires_grad_(not args.freeze_vision_projector)
+    for p in (inner.image_newline, inner.view_separator):
+        p.requires_grad_(not args.freeze_vision_projector)
+    inner.language_model.requires_grad_(not args.freeze_decoder)
+    model.lm_head.requires_grad_(not args.freeze_decoder)
+    if inner.instruction_encoder is not None:
+        inner.instruction_encoder.requires_grad_(args.text_encoder_trainable)
+        inner.instruction_projector.requires_grad_(True)  # the fusion always learns
+
+
+def lora_target_modules(model, on_instruction_encoder: bool) -> str:
+    """Regex over module names: decoder attention + dense/shared MLPs (routed experts are packed parameters, not
+    Linear layers, so they stay frozen), optionally the instruction encoder's attention."""
+    decoder = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(shared_experts\.)?(gate|up|down)_proj)"
+    if on_instruction_encoder and model.model.instruction_encoder is not None:
+        return rf"({decoder}|model\.instruction_encoder\..*\.(query|key|value|q_proj|k_proj|v_proj|o_proj))"
+    return decoder
+
+
+def apply_lora(model, args: ModelArguments):
+    from peft import LoraConfig, get_peft_model
+
+    modules_to_save = ["instruction_projector"] if model.model.instruction_projector is not None else []
+    config = LoraConfig(
+        r=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=lora_target_modules(model, args.lora_on_instruction_encoder),
+        modules_to_save=modules_to_save,
+        task_type=None,
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.print_trainable_parameters()
+    return peft_model
+
+
+def merge_lora(peft_model, processor, out_dir: str):
+    """Fold the adapters into the weights and write a plain DeepSynth checkpoint (+ processor, remote code)."""
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return merged
+
+
+# ---- data -------------------------------------------------------------------------------------------------------
+def load_splits(data_args: DataArguments, training_args):
+    from deepsynth.data.loading import load_instruction_dataset
+
+    def load(file, split, limit):
+        source = file or data_args.dataset_name
+        if source is None:
+            raise ValueError("Pass dataset_name (--hf-dataset) or train/validation/test files")
+        opts = {"no_answer": data_args.no_answer_text} if data_args.dataset_source == "squad_v2" else {}
+        return load_instruction_dataset(
+            source,
+            split=None if file else split,
+            source=data_args.dataset_source,
+            max_samples=limit,
+            config=data_args.dataset_config_name,
+            **opts,
+        )
+
+    splits = {}
+    if training_args.do_train:
+        splits["train"] = load(data_args.train_file, data_args.train_split, data_args.max_train_samples)
+    if training_args.do_eval:
+        splits["eval"] = load(data_args.validation_file, data_args.validation_split, data_args.max_eval_samples)
+    if training_args.do_predict:
+        splits["test"] = load(data_args.test_file, data_args.test_split, data_args.max_predict_samples)
+    return splits
+
+
+class RenderingCollator:
+    """Renders and tokenizes raw rows per batch (inside the DataLoader workers), then pads them into a batch."""
+
+    def __init__(self, processor: DeepSynthProcessor, padding_side: str = "right"):
+        self.processor = processor
+        self.padding_side = padding_side
+
+    def __call__(self, rows: list[dict]):
+        records = []
+        for row in rows:
+            document = row.get("text") or row.get("image") or row.get("document")
+            records.append({"document": document, "instruction": row["instruction"], "answer": row.get("answer")})
+        return self.processor.collate(records, padding_side=self.padding_side)
+
+
+def check_processor_matches_model(processor: DeepSynthProcessor, config: DeepSynthConfig):
+    """The processor lays out the placeholders the model fills: their ids and counts must agree."""
+    problems = []
+    if processor.image_token_id != config.image_token_id:
+        problems.append(f"<image> id {processor.image_token_id} vs model {config.image_token_id}")
+    if processor.instruction_fusion != config.instruction_fusion:
+        problems.append(f"fusion {processor.instruction_fusion!r} vs model {config.instruction_fusion!r}")
+    elif config.instruction_fusion != "none":
+        if processor.instruction_token_id != config.instruction_token_id:
+            problems.append(f"<instruction> id {processor.instruction_token_id} vs model {config.instruction_token_id}")
+        if config.instruction_fusion == "pooled" and (
+            processor.num_pooled_instruction_tokens != config.num_pooled_instruction_tokens
+        ):
+            problems.append("num_pooled_instruction_tokens differ")
+    if problems:
+        raise ValueError("processor and model do not fit: " + "; ".join(problems))
+
+
+# ---- trainer ----------------------------------------------------------------------------------------------------
+def prompt_only(inputs: dict, pad_token_id: int) -> dict:
+    """Teacher-forced batch -> left-padded prompt batch (everything before the first answer label)."""
+    ids, mask, labels = inputs["input_ids"], inputs["attention_mask"], inputs["labels"]
+    rows = []
+    for i in range(ids.shape[0]):
+        real = mask[i].bool()
+        row_ids, row_labels = ids[i][real], labels[i][real]
+        answer = (row_labels != -100).nonzero()
+        # labels are the (unshifted) answer ids: the prompt ends right before the first one
+        cut = int(answer[0]) if len(answer) else len(row_ids)
+        rows.append(row_ids[:cut])
+    length = max(len(r) for r in rows)
+    prompt_ids = torch.full((len(rows), length), pad_token_id, dtype=ids.dtype, device=ids.device)
+    prompt_mask = torch.zeros((len(rows), length), dtype=mask.dtype, device=mask.device)
+    for i, r in enumerate(rows):
+        prompt_ids[i, length - len(r):] = r
+        prompt_mask[i, length - len(r):] = 1
+    out = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "labels")}
+    out.update(input_ids=prompt_ids, attention_mask=prompt_mask)
+    return out
+
+
+class DeepSynthTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer for a decoder-only prompt+answer model: generation starts from the prompt alone (labels never
+    reach generate) and only the new tokens are returned."""
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if not self.args.predict_with_generate or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss = model(**inputs).loss.detach()
+        gen_kwargs = {**self._gen_kwargs, **gen_kwargs} if hasattr(self, "_gen_kwargs") else dict(gen_kwargs)
+        gen_kwargs.pop("max_length", None)
+        gen_kwargs.setdefault("max_new_tokens", self.args.generation_max_length or 64)
+        if self.args.generation_num_beams:
+            gen_kwargs.setdefault("num_beams", self.args.generation_num_beams)
+        unwrapped = self.accelerator.unwrap_model(model)
+        processor = self.processing_class
+        prompt = prompt_only(inputs, processor.tokenizer.pad_token_id)
+        generated = unwrapped.generate(**prompt, **gen_kwargs)[:, prompt["input_ids"].shape[1]:]
+        labels = inputs["labels"]
+        return loss, generated, labels
+
+
+def make_compute_metrics(processor, metric_names):
+    from deepsynth.evaluation.metrics import compute_metrics
+
+    pad = processor.tokenizer.pad_token_id
+
+    def decode(ids):
+        ids = [[t for t in row if t >= 0 and t != pad] for row in ids.tolist()]
+        return [s.strip() for s in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def fn(eval_pred):
+        predictions, labels = eval_pred.predictions, eval_pred.label_ids
+        preds = decode(torch.as_tensor(predictions))
+        refs = decode(torch.as_tensor(labels))
+        fn.last = (preds, refs)
+        return compute_metrics(preds, refs, metrics=metric_names)
+
+    return fn
+
+
+# ---- model card -------------------------------------------------------------------------------------------------
+def write_model_card(out_dir, model_args, data_args, metrics: dict):
+    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub.repocard_data import EvalResult
+
+    dataset = data_args.dataset_name or data_args.train_file or "custom"
+    results = []
+    names = {"exact_match": "Exact Match", "f1_score": "F1", "rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2"}
+    for key, value in metrics.items():
+        short = key.split("_", 1)[1] if key.startswith(("eval_", "test_")) else key
+        if short in names and isinstance(value, (int, float)):
+            results.append(
+                EvalResult(
+                    task_type="document-question-answering",
+                    dataset_type=str(dataset),
+                    dataset_name=str(dataset),
+                    dataset_split=key.split("_", 1)[0],
+                    metric_type=short,
+                    metric_name=names[short],
+                    metric_value=round(float(value), 4),
+                )
+            )
+    card_data = ModelCardData(
+        library_name="transformers",
+        tags=["custom_code", "deepsynth", "document-question-answering", "ocr"],
+        # the card's base_model must be a hub id: a local folder is named in the text instead
+        base_model=model_args.model_name_or_path
+        if model_args.model_name_or_path and not Path(model_args.model_name_or_path).exists()
+        else None,
+        datasets=[str(dataset)] if not Path(str(dataset)).exists() else None,
+        pipeline_tag="image-text-to-text",
+        model_name=Path(out_dir).name,
+        eval_results=results or None,
+    )
+    body = (
+        "# {{ model_name }}\n\nDeepSynth: DeepSeek-OCR vision tokens + a fused instruction encoder, fine-tuned with "
+        "`run_instruct.py`.\n\n## Metrics\n\n"
+        + "\n".join(f"- {k}: {v}" for k, v in sorted(metrics.items()))
+        + "\n\n## Use\n\n```python\nfrom transformers import pipeline\npipe = pipeline(model=PATH, "
+        "trust_remote_code=True)\npipe(document=..., instruction=...)\n```\n"
+    )
+    card = ModelCard.from_template(card_data, template_str="---\n{{ card_data }}\n---\n" + body)
+    card.save(Path(out_dir) / "README.md")
+    return card
+
+
+# ---- main -------------------------------------------------------------------------------------------------------
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    if not torch.cuda.is_available():
+        training_args.use_cpu = True
+        if training_args.bf16 or training_args.fp16:
+            # Measured here: bf16 autocast is ~20x slower than fp32 on this CPU.
+            warnings.warn("mixed precision requested but no GPU: training in fp32 on the CPU")
+            training_args.bf16 = training_args.fp16 = False
+    set_seed(training_args.seed)
+
+    last_checkpoint = None
+    if training_args.do_train and os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint and training_args.resume_from_checkpoint is None:
+            logger.info("Resuming from the last checkpoint found: %s", last_checkpoint)
+
+    model = build_model(model_args)
+    processor_path = model_args.processor_name_or_path or model_args.model_name_or_path
+    if processor_path is None:
+        raise ValueError("Pass processor_name_or_path when training from a config")
+    processor = DeepSynthProcessor.from_pretrained(processor_path)
+    check_processor_matches_model(processor, model.config)
+    if data_args.max_pages is not None:
+        processor.image_processor.max_pages = data_args.max_pages
+
+    if training_args.gradient_checkpointing:
+        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if model_args.use_lora:
+        model = apply_lora(model, model_args)
+
+    splits = load_splits(data_args, training_args)
+    collator = RenderingCollator(processor)
+    metric_names = data_args.eval_metrics.split()
+    compute_metrics = make_compute_metrics(processor, metric_names)
+    trainer = DeepSynthTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits.get("train"),
+        eval_dataset=splits.get("eval"),
+        processing_class=processor,
+        data_collator=collator,
+        compute_metrics=compute_metrics if training_args.predict_with_generate else None,
+    )
+
+    all_metrics = {}
+    if training_args.do_train:
+        resume = training_args.resume_from_checkpoint or last_checkpoint
+        result = trainer.train(resume_from_checkpoint=resume)
+        trainer.save_model()
+        processor.save_pretrained(training_args.output_dir)
+        metrics = dict(result.metrics, train_samples=len(splits["train"]))
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        all_metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in metrics.items()})
+        if model_args.use_lora and model_args.merge_lora and trainer.is_world_process_zero():
+            merge_lora(trainer.model, processor, os.path.join(training_args.output_dir, "merged"))
+
+    gen_kwargs = {"max_new_tokens": training_args.generation_max_length or 64}
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval", **gen_kwargs)
+        metrics["eval_samples"] = len(splits["eval"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        all_metrics.update(metrics)
+
+    if training_args.do_predict:
+        output = trainer.predict(splits["test"], metric_key_prefix="test", **gen_kwargs)
+        metrics = dict(output.metrics, test_samples=len(splits["test"]))
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        all_metrics.update(metrics)
+        if trainer.is_world_process_zero():
+            preds, refs = compute_metrics.last
+            path = Path(training_args.output_dir) / "predictions.jsonl"
+            with open(path, "w") as f:
+                for row, pred, ref in zip(splits["test"], preds, refs):
+                    record = {"id": row.get("id"), "instruction": row["instruction"], "prediction": pred,
+                              "answer": row.get("answer"), "decoded_reference": ref}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            logger.info("wrote %s", path)
+
+    if trainer.is_world_process_zero() and (training_args.do_train or all_metrics):
+        write_model_card(training_args.output_dir, model_args, data_args, all_metrics)
+        if training_args.push_to_hub:
+            trainer.push_to_hub()
+    return all_metrics
+
+
+if __name__ == "__main__":
+    main()
