@@ -109,6 +109,17 @@ class DeepSynthPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.image_newline, mean=0.0, std=std)
             nn.init.normal_(module.view_separator, mean=0.0, std=std)
 
+    # DeepSynth checkpoints store each module's own parameter names. transformers would otherwise write the nested
+    # unlimited_ocr modules back in the original layout (its renames reversed), which Trainer's resume reads with a
+    # plain load_state_dict that then misses them. The original layout is only read, by `from_deepseek_ocr`.
+    @property
+    def _weight_conversions(self):
+        return []
+
+    @_weight_conversions.setter
+    def _weight_conversions(self, value):
+        pass
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         # One checkpoint answers every Auto class a user may reach for.
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
@@ -140,6 +151,14 @@ class DeepSynthModel(DeepSynthPreTrainedModel):
             self.instruction_encoder = None
             self.instruction_projector = None
         self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # A frozen tower runs as at inference (no dropout): frozen features should not be perturbed in training.
+        for module in (self.vision_tower, self.instruction_encoder):
+            if mode and module is not None and not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+        return self
 
     def get_input_embeddings(self):
         return self.language_model.embed_tokens
@@ -462,6 +481,8 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
         config: DeepSynthConfig | None = None,
         instruction_encoder: str | None = None,
         instruction_fusion: str = "tokens",
+        image_token_id: int | None = None,
+        instruction_token_id: int | None = None,
         **kwargs,
     ) -> "DeepSynthForConditionalGeneration":
         """Load an original DeepSeek-OCR checkpoint folder (keys `model.sam_model.*`, `model.vision_model.*`,
@@ -471,8 +492,13 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
         Without `config`, the decoder dimensions are read from the folder's original config.json
         (`language_config`) and the vision dimensions are the released ones (they are hard-coded upstream).
         """
+        ids = {k: v for k, v in (("image_token_id", image_token_id), ("instruction_token_id", instruction_token_id)) if v is not None}
         if config is None:
-            config = deepsynth_config_from_original(checkpoint_dir, instruction_encoder, instruction_fusion)
+            config = deepsynth_config_from_original(checkpoint_dir, instruction_encoder, instruction_fusion, **ids)
+        else:
+            for name, value in ids.items():
+                setattr(config, name, value)
+            config.validate()
         # Stage the weights (symlinks) beside a DeepSynth config.json: from_pretrained then reads our config and
         # generation defaults instead of the original's `deepseek_vl_v2` config.
         with tempfile.TemporaryDirectory() as staged:
@@ -482,8 +508,6 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
             config.save_pretrained(staged)
             loaded = cls.from_pretrained(staged, config=config, key_mapping=ORIGINAL_KEY_MAPPING, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) on request
-        # Forget the original-layout renames, or save_pretrained would write the original key names back.
-        model._weight_conversions = None
         model.set_generation_defaults()
         if instruction_encoder is not None:
             model.load_instruction_encoder(instruction_encoder)
@@ -503,7 +527,7 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
 
 
 def deepsynth_config_from_original(
-    checkpoint_dir: str, instruction_encoder: str | None = None, instruction_fusion: str = "tokens"
+    checkpoint_dir: str, instruction_encoder: str | None = None, instruction_fusion: str = "tokens", **overrides
 ) -> DeepSynthConfig:
     """DeepSynthConfig for an original DeepSeek-OCR folder: decoder dims from `language_config` of its
     config.json (falling back to the top level), released vision dims, instruction encoder config if given."""
@@ -526,15 +550,49 @@ def deepsynth_config_from_original(
     if lang.get("use_mla", False):
         raise ValueError("DeepSeek-OCR checkpoints use plain multi-head attention; this one sets use_mla=True")
     enc_config = None
+    vision = _vision_config_from_original(original.get("vision_config") or {})
     if instruction_encoder is not None and instruction_fusion != "none":
         from transformers import AutoConfig
 
         enc_config = AutoConfig.from_pretrained(instruction_encoder)
     return DeepSynthConfig(
+        vision_config=vision,
         text_config=text,
         instruction_encoder_config=enc_config,
         instruction_fusion=instruction_fusion if enc_config is not None else "none",
+        **overrides,
     )
+
+
+def _vision_config_from_original(vision: dict) -> dict:
+    """SAM / CLIP dims from the original `vision_config.width` entries ("sam_vit_b", "clip-l-14-224"); upstream's
+    code hard-codes the released sizes, which are also our defaults, so every key here is optional."""
+    width = vision.get("width") if isinstance(vision.get("width"), dict) else {}
+    sam = next((v for k, v in width.items() if k.startswith("sam")), {})
+    clip = next((v for k, v in width.items() if k.startswith("clip")), {})
+    sam_config = {
+        "hidden_size": sam.get("width"),
+        "num_hidden_layers": sam.get("layers"),
+        "num_attention_heads": sam.get("heads"),
+        "global_attn_indexes": sam.get("global_attn_indexes"),
+        "downsample_channels": sam.get("downsample_channels"),
+        "window_size": sam.get("window_size"),
+        "output_channels": sam.get("neck_channels"),
+        "image_size": sam.get("image_size"),
+        "mlp_dim": sam.get("mlp_dim") or (4 * sam["width"] if sam.get("width") else None),
+    }
+    clip_config = {
+        "hidden_size": clip.get("width"),
+        "num_hidden_layers": clip.get("layers"),
+        "num_attention_heads": clip.get("heads"),
+        "intermediate_size": clip.get("intermediate_size") or (4 * clip["width"] if clip.get("width") else None),
+        "image_size": clip.get("image_size"),
+        "patch_size": clip.get("patch_size"),
+    }
+    return {
+        "sam_config": {k: v for k, v in sam_config.items() if v is not None},
+        "encoder_config": {k: v for k, v in clip_config.items() if v is not None},
+    }
 
 
 __all__ = [

@@ -119,6 +119,11 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Debug: keep the first N eval rows."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Debug: keep the first N test rows."})
     max_pages: int | None = field(default=None, metadata={"help": "Pages per document (default: the processor's)."})
+    image_mode: str | None = field(
+        default=None,
+        metadata={"help": "Resolution mode tiny/small/base/large/gundam (default: the processor's; 'small' for an "
+                  "original DeepSeek-OCR folder)."},
+    )
     eval_metrics: str = field(
         default="exact_match f1_score rouge", metadata={"help": "Space-separated: exact_match f1_score rouge."}
     )
@@ -144,7 +149,7 @@ SEED_KEYS = {
     "hf_dataset": ("dataset_name", None),
     "batch_size": ("per_device_train_batch_size", int),
     "num_epochs": ("num_train_epochs", float),
-    "use_gradient_checkpointing": ("gradient_checkpointing", None),
+    "use_gradient_checkpointing": ("activation_checkpointing", None),
     "num_workers": ("dataloader_num_workers", int),
     "use_deepseek_ocr": (None, None),  # the DeepSeek-OCR base is what model_name_or_path points at
 }
@@ -167,6 +172,10 @@ def translate_seed_dict(cfg: dict) -> dict:
             value = str(value).lower()
             if value not in ("bf16", "fp16", "no", "fp32", "none"):
                 raise ValueError(f"mixed_precision must be bf16, fp16 or no, got {value!r}")
+            if value in ("bf16", "fp16") and not torch.cuda.is_available():
+                # Measured here: bf16 autocast is ~20x slower than fp32 on this CPU; fp16 has no CPU autocast.
+                warnings.warn(f"mixed_precision={value} requested but no GPU: training in fp32 on the CPU")
+                value = "no"
             out["bf16"], out["fp16"] = value == "bf16", value == "fp16"
         else:
             out[key] = value
@@ -186,11 +195,15 @@ def translate_seed_argv(argv: list[str]) -> list[str]:
             continue
         key, _, inline = arg[2:].partition("=")
         key = key.replace("-", "_")
-        takes_value = key not in SEED_BOOL_FLAGS and not inline
+        nxt = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
         if inline:
             value = inline
-        elif takes_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            value, i = argv[i + 1], i + 1
+        elif key in SEED_BOOL_FLAGS:  # a bare flag means True; an explicit true/false may follow
+            value = True
+            if nxt is not None and nxt.lower() in ("true", "false", "1", "0", "yes", "no"):
+                value, i = nxt.lower() in ("true", "1", "yes"), i + 1
+        elif nxt is not None:
+            value, i = nxt, i + 1
         else:
             value = True
         if key == "config":
@@ -261,13 +274,15 @@ def resolve_text_encoder(args: ModelArguments) -> str | None:
     return name
 
 
-def build_model(args: ModelArguments):
+def build_model_and_processor(args: ModelArguments, image_mode: str | None = None):
+    """(model, processor) from a DeepSynth checkpoint, an original DeepSeek-OCR folder, or a config (scratch)."""
     encoder = resolve_text_encoder(args)
     fusion = args.instruction_fusion if args.use_text_encoder else "none"
+    processor = None
     if args.model_name_or_path and _is_original_deepseek_ocr(args.model_name_or_path):
-        model = DeepSynthForConditionalGeneration.from_deepseek_ocr(
-            args.model_name_or_path, instruction_encoder=encoder, instruction_fusion=fusion
-        )
+        from deepsynth.conversion import DEFAULT_MODE, convert_original
+
+        model, processor = convert_original(args.model_name_or_path, encoder, fusion, image_mode or DEFAULT_MODE)
     elif args.model_name_or_path:
         model = DeepSynthForConditionalGeneration.from_pretrained(args.model_name_or_path)
         if args.use_text_encoder != (model.config.instruction_fusion != "none"):
@@ -286,8 +301,17 @@ def build_model(args: ModelArguments):
             model.load_instruction_encoder(encoder)
     else:
         raise ValueError("Pass model_name_or_path (DeepSynth or DeepSeek-OCR checkpoint) or config_name (scratch)")
+    if processor is None:
+        path = args.processor_name_or_path or args.model_name_or_path
+        if path is None:
+            raise ValueError("Pass processor_name_or_path when training from a config")
+        processor = DeepSynthProcessor.from_pretrained(path)
+    if image_mode is not None:
+        ip = processor.image_processor
+        ip.mode, (ip.base_size, ip.image_size, ip.crop_mode) = image_mode, ip._resolve(image_mode)
+    check_processor_matches_model(processor, model.config)
     apply_freezing(model, args)
-    return model
+    return model, processor
 
 
 def apply_freezing(model, args: ModelArguments):
@@ -516,10 +540,8 @@ def main(argv=None):
     transformers.utils.logging.set_verbosity_warning()
     if not torch.cuda.is_available():
         training_args.use_cpu = True
-        if training_args.bf16 or training_args.fp16:
-            # Measured here: bf16 autocast is ~20x slower than fp32 on this CPU.
-            warnings.warn("mixed precision requested but no GPU: training in fp32 on the CPU")
-            training_args.bf16 = training_args.fp16 = False
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        training_args.do_train = True  # the guide's `train --config ... --hf-dataset ...` means: train
     set_seed(training_args.seed)
 
     last_checkpoint = None
@@ -528,17 +550,14 @@ def main(argv=None):
         if last_checkpoint and training_args.resume_from_checkpoint is None:
             logger.info("Resuming from the last checkpoint found: %s", last_checkpoint)
 
-    model = build_model(model_args)
-    processor_path = model_args.processor_name_or_path or model_args.model_name_or_path
-    if processor_path is None:
-        raise ValueError("Pass processor_name_or_path when training from a config")
-    processor = DeepSynthProcessor.from_pretrained(processor_path)
-    check_processor_matches_model(processor, model.config)
+    model, processor = build_model_and_processor(model_args, data_args.image_mode)
     if data_args.max_pages is not None:
         processor.image_processor.max_pages = data_args.max_pages
 
-    if training_args.gradient_checkpointing:
-        training_args.gradient_checkpointing_kwargs = {"use_reentrant": False}
+    if training_args.activation_checkpointing or training_args.gradient_checkpointing:
+        # non-reentrant checkpointing works with frozen inputs (LoRA, frozen vision) without input grads
+        training_args.activation_checkpointing = True
+        training_args.activation_checkpointing_kwargs = {"use_reentrant": False}
     if model_args.use_lora:
         model = apply_lora(model, model_args)
 
@@ -562,7 +581,7 @@ def main(argv=None):
         result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         processor.save_pretrained(training_args.output_dir)
-        metrics = dict(result.metrics, train_samples=len(splits["train"]))
+        metrics = dict(result.metrics, train_samples=len(splits["train"]), world_size=trainer.accelerator.num_processes)
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

@@ -314,3 +314,17 @@ def test_save_load_round_trip_and_fresh_process_remote_code(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "FRESH-OK" in result.stdout
+
+
+def test_checkpoint_keys_are_the_modules_own_names(tmp_path):
+    """Trainer's resume reads model.safetensors with a plain load_state_dict: the saved names must be ours."""
+    from safetensors.torch import load_file
+
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert set(saved) == set(model.state_dict())
+    fresh = make_model(seed=1)
+    fresh.load_state_dict(saved, strict=True)
+    a = sample(model)
+    torch.testing.assert_close(fresh(**a).logits, model(**a).logits, atol=0, rtol=0)
