@@ -86,6 +86,14 @@ class DeepSynthConfig(PreTrainedConfig):
             # The original DeepSeek-OCR attends to the whole sequence; unlimited_ocr's default is a sliding window.
             text.setdefault("layer_types", ["full_attention"] * text.get("num_hidden_layers", 12))
             self.text_config = text
+        if isinstance(self.vision_config, dict) or self.vision_config is None:
+            vision = dict(self.vision_config or {})
+            sam = dict(vision.get("sam_config") or {})
+            # unlimited_ocr's SAM initialises its convs with std 1e-10 (fine under pretrained weights): a model
+            # trained from scratch would start with every page giving the same features.
+            sam.setdefault("initializer_range", 0.02)
+            vision["sam_config"] = sam
+            self.vision_config = vision
         if self.instruction_fusion == "none":
             self.instruction_encoder_config = None
         super().__post_init__(**kwargs)

@@ -13,6 +13,7 @@ sizes in one batch, the instruction fusion, and loading of the original checkpoi
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 
@@ -132,7 +133,12 @@ class DeepSynthPreTrainedModel(PreTrainedModel):
             }
         )
         self.config.auto_map = auto_map
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        # A checkpoint that names our pipeline (config.custom_pipelines) must carry its file, Trainer checkpoints too.
+        pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_deepsynth.py")
+        if getattr(self.config, "custom_pipelines", None) and os.path.isfile(pipeline_file):
+            shutil.copy(pipeline_file, os.path.join(save_directory, "pipeline_deepsynth.py"))
+        return result
 
 
 class DeepSynthModel(DeepSynthPreTrainedModel):

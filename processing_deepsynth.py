@@ -546,6 +546,9 @@ class DeepSynthProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         subfolder = kwargs.pop("subfolder", "")
+        # The tokenizers are plain ones; only the checkpoint's config.json names remote code. Without this,
+        # AutoTokenizer would read that config and stop to ask "run the custom code? [y/N]".
+        kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code"))
         args = [
             DeepSynthImageProcessor.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs),
             AutoTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs),

@@ -41,6 +41,7 @@ for path in (ROOT, ROOT / "src"):
 
 from configuration_deepsynth import DeepSynthConfig  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
+from pipeline_deepsynth import declare_pipeline, save_with_pipeline  # noqa: E402
 from processing_deepsynth import DeepSynthProcessor  # noqa: E402
 
 logger = logging.getLogger("run_instruct")
@@ -311,6 +312,7 @@ def build_model_and_processor(args: ModelArguments, image_mode: str | None = Non
         ip.mode, (ip.base_size, ip.image_size, ip.crop_mode) = image_mode, ip._resolve(image_mode)
     check_processor_matches_model(processor, model.config)
     apply_freezing(model, args)
+    declare_pipeline(model.config)  # every save (checkpoints, final, merged) opens with pipeline(model=DIR)
     return model, processor
 
 
@@ -356,8 +358,7 @@ def apply_lora(model, args: ModelArguments):
 def merge_lora(peft_model, processor, out_dir: str):
     """Fold the adapters into the weights and write a plain DeepSynth checkpoint (+ processor, remote code)."""
     merged = peft_model.merge_and_unload()
-    merged.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    save_with_pipeline(merged, processor, out_dir)  # the config already names the pipeline; this also saves it
     return merged
 
 

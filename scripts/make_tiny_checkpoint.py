@@ -1,4 +1,5 @@
-"""Write a tiny random DeepSynth checkpoint (config, weights, processor with its font and tokenizers, remote code).
+"""Write a tiny random DeepSynth checkpoint (config, weights, processor with its font and tokenizers, remote code
+including the `document-instruction` pipeline).
 
     python scripts/make_tiny_checkpoint.py OUTDIR [--fusion tokens|pooled|none] [--seed 0]
 
@@ -20,6 +21,7 @@ import torch  # noqa: E402
 from deepsynth.tiny import tiny_config  # noqa: E402
 from deepsynth.tokenization import build_decoder_tokenizer  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
+from pipeline_deepsynth import save_with_pipeline  # noqa: E402
 from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor  # noqa: E402
 
 TINY_VIEW = 128  # px: a 2x2 vision grid with the tiny SAM (patch 16, two stride-2 convs) -> 7 tokens a page
@@ -54,8 +56,7 @@ def make_tiny_checkpoint(out_dir, fusion: str = "tokens", seed: int = 0, page_si
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    save_with_pipeline(model, processor, out_dir)  # + pipeline_deepsynth.py and config.json's custom_pipelines
     return model, processor
 
 

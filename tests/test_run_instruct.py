@@ -79,7 +79,7 @@ def test_train_eval_predict_then_reload_in_fresh_process(work):
     card = (out / "README.md").read_text()
     assert "custom_code" in card and "model-index" in card and "library_name: transformers" in card
     assert any((out / "runs").rglob("events.out.tfevents*"))  # TensorBoard
-    assert (out / "checkpoint-3").is_dir()
+    assert (out / "checkpoint-3" / "pipeline_deepsynth.py").is_file()  # checkpoints open with pipeline() too
 
     script = textwrap.dedent(
         f"""
@@ -96,6 +96,10 @@ def test_train_eval_predict_then_reload_in_fresh_process(work):
         batch = processor(document="Revenue: $45.2M", instruction="What was the revenue?", return_tensors="pt")
         logits = model(**batch).logits
         torch.save(logits, {str(work / "fresh_logits.pt")!r})
+        from transformers import pipeline
+        pipe = pipeline(model=d, trust_remote_code=True)
+        result = pipe(document="Revenue: $45.2M", instruction="What was the revenue?", max_new_tokens=3)
+        assert set(result) == {{"answer", "score"}} and 0 < result["score"] <= 1, result
         """
     )
     subprocess.run([sys.executable, "-c", script], cwd=work, env=env(), check=True, timeout=300)

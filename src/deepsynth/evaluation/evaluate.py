@@ -1,0 +1,83 @@
+"""Score a DeepSynth model on an instruction dataset.
+
+    PYTHONPATH=./src python3 -m deepsynth.evaluation.evaluate --model ./models/deepsynth-qa \
+        --dataset username/deepsynth-squad-qa --split test --metrics exact_match f1_score rouge \
+        [--max-samples N] [--batch-size 8] [--max-length 64] [--output predictions.jsonl]
+
+Rows are loaded with `deepsynth.data.loading.load_instruction_dataset` (a .jsonl/.json/.csv file, a folder, or a
+Hub dataset), answered greedily in batches (one padded generate() per batch, `InstructionEngine.generate_batch`),
+and scored with `deepsynth.evaluation.metrics.compute_metrics` (0-100 scale). Prints one JSON object.
+"""
+
+import argparse
+import json
+import sys
+
+from deepsynth.data.loading import load_instruction_dataset
+from deepsynth.evaluation.metrics import DEFAULT_METRICS, compute_metrics
+from deepsynth.inference.engine import InstructionEngine
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepsynth-evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="checkpoint folder (default: the bundled demo model)")
+    parser.add_argument("--dataset", required=True, help="a .jsonl/.json/.csv file, a dataset folder or a Hub name")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--source", default=None, help="convert rows from squad, squad_v2, natural_questions, ms_marco")
+    parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS), help="exact_match f1_score rouge")
+    parser.add_argument("--max-samples", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=64, help="most answer tokens")
+    parser.add_argument("--temperature", type=float, default=None, help="default greedy")
+    parser.add_argument("--output", default=None, help="write one JSON line per row (prediction, answer, confidence)")
+    parser.add_argument("--device", default="cpu")
+    return parser
+
+
+def document_of(row: dict):
+    """The row's document, as run_instruct.py reads it: text, else an image / document path (or decoded image)."""
+    return row.get("text") or row.get("image") or row.get("document")
+
+
+def evaluate(engine: InstructionEngine, rows, metrics, batch_size: int = 8, max_length: int = 64, temperature=None):
+    """(metrics dict, per-row records) for an iterable of rows with a document, `instruction` and `answer`."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("the dataset split has no rows")
+    records = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        results = engine.generate_batch_results(
+            [document_of(r) for r in batch], [r["instruction"] for r in batch], max_length, temperature
+        )
+        for i, (row, result) in enumerate(zip(batch, results), start):
+            records.append({"index": i, "instruction": row["instruction"], "prediction": result.answer,
+                            "answer": row["answer"], "confidence": result.confidence,
+                            "tokens_generated": result.tokens_generated})
+    scores = compute_metrics([r["prediction"] for r in records], [r["answer"] for r in records], metrics=metrics)
+    return scores, records
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
+        parser.error("--batch-size and --max-samples must be >= 1")
+    try:
+        rows = load_instruction_dataset(args.dataset, split=args.split, source=args.source, max_samples=args.max_samples)
+        engine = InstructionEngine(args.model, device=args.device)
+        scores, records = evaluate(engine, rows, args.metrics, args.batch_size, args.max_length, args.temperature)
+    except (FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    report = {"model": engine.model_path, "dataset": args.dataset, "split": args.split, "samples": len(records), **scores}
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

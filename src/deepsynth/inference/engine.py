@@ -1,0 +1,436 @@
+"""InstructionEngine: load a DeepSynth checkpoint once, answer instructions about documents.
+
+    from deepsynth.inference import InstructionEngine
+    engine = InstructionEngine(model_path="./models/deepsynth-qa", use_text_encoder=True)
+    engine.generate(document="AI has transformed healthcare...", instruction="What are the benefits?")
+
+The engine is thin: the processor renders and tokenizes, the model generates, and `pipeline_deepsynth` (the
+checkpoint's pipeline code) scores and decodes (`generate_with_scores`, `decode_answers`). What the engine adds is
+serving: one model worker (a lock; concurrent callers queue), a document cache, real batching, streaming.
+
+Document cache: the key is a hash of the document's rendered pixel tensors (same pixels = same vision features,
+whatever form the document came in). An entry holds the vision features (`image_features=` replaces the vision
+encoder) and, for single requests, the decoder's KV cache of the instruction-independent prompt prefix
+`bos, <image> x n` (generate() then only runs the instruction and answer tokens on a copy of it). Rendering is
+repeated (cheap); the vision encoder and the document prefill are not. LRU, bounded by entries and bytes.
+"""
+
+import copy
+import hashlib
+import logging
+import os
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+try:  # installed as top-level modules (setup.py py_modules) or on sys.path already
+    import pipeline_deepsynth
+except ImportError:  # a source checkout run with PYTHONPATH=./src: the remote-code files live at the repo root
+    sys.path.insert(0, str(REPO_ROOT))
+    import pipeline_deepsynth
+from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
+from processing_deepsynth import DeepSynthProcessor  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# The bundled demo model; DEEPSYNTH_MODEL_PATH points elsewhere (e.g. for a pip-installed package).
+DEFAULT_MODEL_PATH = Path(os.environ.get("DEEPSYNTH_MODEL_PATH", REPO_ROOT / "checkpoints" / "deepsynth-demo"))
+DEFAULT_CACHE_ENTRIES = 32
+DEFAULT_CACHE_BYTES = 512 * 2**20
+PIXEL_KEYS = ("pixel_values", "pixel_values_local", "images_spatial_crop")
+
+
+@dataclass
+class GenerationResult:
+    """answer: the decoded answer (stripped). confidence: geometric mean of the generated tokens' probabilities
+    (eos included) under the distribution each was picked from, in (0, 1]. tokens_generated: new tokens, eos
+    included. inference_time_ms: rendering + model time of this call (queue wait excluded; a batch reports the
+    batch's time). cache_hit: the document's vision features came from the cache."""
+
+    answer: str
+    confidence: float
+    tokens_generated: int
+    inference_time_ms: int
+    cache_hit: bool = False
+
+    def to_dict(self) -> dict:
+        """The REST response fields."""
+        out = asdict(self)
+        out.pop("cache_hit")
+        return out
+
+
+@dataclass
+class _Entry:
+    image_features: torch.Tensor  # (n_image_tokens, D)
+    prefix: object = None  # DynamicCache of `bos, <image> x n`, filled on the first single request
+    prefix_length: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        total = self.image_features.nbytes
+        for layer in getattr(self.prefix, "layers", []):
+            total += sum(t.nbytes for t in (layer.keys, layer.values) if torch.is_tensor(t))
+        return total
+
+
+class DocumentCache:
+    """LRU map document key -> `_Entry`, bounded by `max_entries` and `max_bytes` (an entry larger than
+    `max_bytes` is simply not kept). Thread-safe."""
+
+    def __init__(self, max_entries: int = DEFAULT_CACHE_ENTRIES, max_bytes: int = DEFAULT_CACHE_BYTES):
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError(f"cache bounds must be positive, got max_entries={max_entries}, max_bytes={max_bytes}")
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
+
+    def get(self, key: str) -> _Entry | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: str, entry: _Entry) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            if entry.nbytes > self.max_bytes:
+                return
+            self._entries[key] = entry
+            while len(self._entries) > self.max_entries or self._bytes() > self.max_bytes:
+                self._entries.popitem(last=False)
+                self.evictions += 1
+
+    def _bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "entries": len(self._entries), "bytes": self._bytes(), "max_entries": self.max_entries,
+                "max_bytes": self.max_bytes, "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+            }
+
+
+def document_key(example: dict) -> str:
+    """Hash of a processed example's pixel tensors (and tile grid): equal keys mean equal vision features."""
+    digest = hashlib.blake2b(digest_size=20)
+    for name in PIXEL_KEYS:
+        value = example.get(name)
+        views = [] if value is None else value if isinstance(value, list) else [value]
+        for view in views:
+            view = torch.as_tensor(view).contiguous().cpu()
+            digest.update(f"{name}{tuple(view.shape)}{view.dtype}".encode())
+            digest.update(view.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_model_path(model_path) -> str:
+    """A local checkpoint folder or a Hub id; a clear error when the (default) folder is missing."""
+    if model_path is None:
+        if not DEFAULT_MODEL_PATH.is_dir():
+            raise FileNotFoundError(
+                f"No model given and the bundled demo model is not installed at {DEFAULT_MODEL_PATH}. Pass "
+                "model_path=... (CLI: --model PATH), a DeepSynth checkpoint folder such as one written by "
+                "run_instruct.py, or set DEEPSYNTH_MODEL_PATH."
+            )
+        model_path = DEFAULT_MODEL_PATH
+    path = str(model_path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} is not a DeepSynth checkpoint: it has no config.json")
+        return path
+    if path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.exists(path):
+        raise FileNotFoundError(f"model_path {path!r}: no such checkpoint folder (pass a DeepSynth checkpoint folder)")
+    return path  # "user/name": a Hub id
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generation when a streaming client goes away."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TextStream:
+    """Iterator over answer text pieces as the model writes them; `result` holds the `GenerationResult` once the
+    iteration ends. The joined pieces equal `result.answer` (leading/trailing whitespace is held back like the
+    answer's strip()). Iterate it once; leaving the loop early (or `close()`) stops the generation."""
+
+    def __init__(self, engine: "InstructionEngine", example: dict, generate_kwargs: dict, started: float):
+        self.result: GenerationResult | None = None
+        self._error: BaseException | None = None
+        self._cancel = threading.Event()
+        self._streamer = TextIteratorStreamer(engine._decoder, skip_prompt=True, skip_special_tokens=True)
+        stop = StoppingCriteriaList([_Cancelled(self._cancel)])
+        kwargs = dict(generate_kwargs, streamer=self._streamer, stopping_criteria=stop)
+        self._thread = threading.Thread(target=self._work, args=(engine, example, kwargs, started), daemon=True)
+        self._thread.start()
+
+    def _work(self, engine, example, kwargs, started):
+        try:
+            self.result = engine._run([example], kwargs, started)[0]
+        except BaseException as e:  # handed to the reader, who would otherwise wait forever
+            self._error = e
+            self._streamer.end()
+
+    def __iter__(self) -> Iterator[str]:
+        if self._cancel.is_set():
+            raise RuntimeError("a TextStream can be iterated once")
+        pending, started = "", False
+        try:
+            for piece in self._streamer:
+                text = pending + piece
+                if not started:
+                    text = text.lstrip()
+                    started = bool(text)
+                body = text.rstrip()
+                pending = text[len(body):]  # whitespace: emitted only if more text follows
+                if body:
+                    yield body
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._cancel.set()
+
+
+class InstructionEngine:
+    """Answers instructions about documents with one DeepSynth checkpoint.
+
+    model_path: checkpoint folder (or Hub id); default `DEFAULT_MODEL_PATH`, the bundled demo model.
+    use_text_encoder: True uses the checkpoint's instruction encoder (fusion) if it has one; a checkpoint without
+        one reads the instruction as decoder text (a warning says so). False on a fusion checkpoint raises: that
+        model was trained on fused instructions, and prompts without them are inputs it never saw; train or
+        convert a checkpoint with instruction_fusion="none" instead.
+    device: "cpu", "cuda", "cuda:1", ... dtype: default float32 on CPU, bfloat16 on CUDA.
+    cache_size: documents kept in the document cache (0 disables it); cache_bytes bounds its memory.
+    max_pages: lower the processor's page limit per document (None keeps the checkpoint's).
+    """
+
+    def __init__(
+        self,
+        model_path=None,
+        use_text_encoder: bool = True,
+        device: str = "cpu",
+        cache_size: int = DEFAULT_CACHE_ENTRIES,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        dtype: torch.dtype | str | None = None,
+        max_pages: int | None = None,
+    ):
+        self.model_path = resolve_model_path(model_path)
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        # The installed DeepSynth code runs (no remote code from the checkpoint folder is executed).
+        self.model = DeepSynthForConditionalGeneration.from_pretrained(self.model_path, dtype=dtype).to(device).eval()
+        self.processor = DeepSynthProcessor.from_pretrained(self.model_path, trust_remote_code=False)
+        fusion = self.model.config.instruction_fusion
+        if fusion != self.processor.instruction_fusion:
+            raise ValueError(
+                f"{self.model_path}: model fusion {fusion!r} but processor fusion {self.processor.instruction_fusion!r}"
+            )
+        if not use_text_encoder and fusion != "none":
+            raise ValueError(
+                f"{self.model_path} was trained with a fused instruction encoder (instruction_fusion={fusion!r}); "
+                "use_text_encoder=False would feed it prompts it never saw. Use use_text_encoder=True, or a "
+                "checkpoint trained without a text encoder."
+            )
+        if use_text_encoder and fusion == "none":
+            logger.warning("%s has no instruction encoder: the instruction is read as decoder text", self.model_path)
+        self.use_text_encoder = fusion != "none"
+        if max_pages is not None:
+            if not isinstance(max_pages, int) or max_pages < 1:
+                raise ValueError(f"max_pages must be a positive int, got {max_pages!r}")
+            self.processor.image_processor.max_pages = min(max_pages, self.processor.image_processor.max_pages)
+        self.cache = DocumentCache(cache_size, cache_bytes) if cache_size else None
+        self.device = device
+        self._lock = threading.Lock()  # one model worker: concurrent callers queue here
+        # Rendering and tokenizing overlap with generation, but one at a time: a fast tokenizer with truncation and
+        # a FreeType font are not safe to share between threads. Decoding (under the model lock) has its own copy.
+        self._processor_lock = threading.Lock()
+        self._decoder = copy.deepcopy(self.processor.tokenizer)
+
+    @property
+    def max_pages(self) -> int:
+        return self.processor.image_processor.max_pages
+
+    # ---- public API ---------------------------------------------------------------------------------------------
+    def generate(
+        self, document, instruction: str, max_length: int = 256, temperature: float | None = None, **generate_kwargs
+    ) -> str:
+        """The answer to `instruction` about `document` (text, a file path, PDF/image bytes, a PIL image, or a list
+        of pages). max_length: most new tokens. temperature: 0/None = greedy, > 0 = sampling at that temperature
+        (the guide: Q&A 0.3, summaries 0.7). Other generate() kwargs (top_p, repetition_penalty, ...) pass through."""
+        return self.generate_result(document, instruction, max_length, temperature, **generate_kwargs).answer
+
+    def generate_result(
+        self, document, instruction: str, max_length: int = 256, temperature: float | None = None, **generate_kwargs
+    ) -> GenerationResult:
+        """Like `generate`, with confidence, token count and time."""
+        started = time.perf_counter()
+        kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
+        return self._run([self._example(document, instruction)], kwargs, started)[0]
+
+    def generate_batch(
+        self, documents, instructions, max_length: int = 256, temperature: float | None = None, **generate_kwargs
+    ) -> list[str]:
+        """Answers for several (document, instruction) pairs in ONE padded generate() call."""
+        results = self.generate_batch_results(documents, instructions, max_length, temperature, **generate_kwargs)
+        return [r.answer for r in results]
+
+    def generate_batch_results(
+        self, documents, instructions, max_length: int = 256, temperature: float | None = None, **generate_kwargs
+    ) -> list[GenerationResult]:
+        started = time.perf_counter()
+        if not isinstance(documents, (list, tuple)) or not isinstance(instructions, (list, tuple)):
+            raise ValueError("generate_batch takes a list of documents and a list of instructions")
+        if not documents or len(documents) != len(instructions):
+            raise ValueError(
+                f"need non-empty lists of equal length, got {len(documents)} documents and {len(instructions)} instructions"
+            )
+        kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
+        return self._run([self._example(d, i) for d, i in zip(documents, instructions)], kwargs, started)
+
+    def stream(
+        self, document, instruction: str, max_length: int = 256, temperature: float | None = None, **generate_kwargs
+    ) -> TextStream:
+        """Iterate the answer as it is generated: `for piece in engine.stream(doc, q): print(piece, end="")`.
+        Bad input raises here, before anything is generated; `.result` is set once the iteration ends."""
+        started = time.perf_counter()
+        kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
+        return TextStream(self, self._example(document, instruction), kwargs, started)
+
+    def text_pages(self, text: str) -> list:
+        """Pages of `text` read as text, never as a file name (what a server does with text from a client). The
+        page limit is checked before anything is drawn."""
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a string, got {type(text).__name__}")
+        images = self.processor.image_processor
+        with self._processor_lock:
+            pages = images.layout_text(text)
+            if len(pages) > images.max_pages and not images.truncate_pages:
+                raise ValueError(f"document has {len(pages)} pages, more than max_pages={images.max_pages}")
+            return [images.draw_page(lines) for lines in pages[: images.max_pages]]
+
+    def load_pages(self, document) -> list:
+        """The page images the model sees for `document` (before resizing to views): for previews."""
+        with self._processor_lock:
+            return self.processor.image_processor.load_pages(document)
+
+    def cache_stats(self) -> dict | None:
+        return None if self.cache is None else self.cache.stats()
+
+    # ---- internals ----------------------------------------------------------------------------------------------
+    @staticmethod
+    def _generate_kwargs(max_length, temperature, extra: dict) -> dict:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise ValueError(f"max_length must be a positive integer (new tokens), got {max_length!r}")
+        if temperature is not None and (
+            isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0
+        ):
+            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+        kwargs = {"max_new_tokens": max_length, "do_sample": bool(temperature)}
+        if temperature:
+            kwargs["temperature"] = float(temperature)
+        return {**kwargs, **extra}
+
+    def _example(self, document, instruction) -> dict:
+        """Render + tokenize one request (outside the model lock): ValueError on bad input."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {instruction!r:.80}")
+        if document is None or (isinstance(document, str) and not document.strip()):
+            raise ValueError("document is empty")
+        with self._processor_lock:
+            return self.processor(document=document, instruction=instruction)
+
+    def _run(self, examples: list[dict], generate_kwargs: dict, started: float) -> list[GenerationResult]:
+        """One generate() call for all examples, under the model lock."""
+        waited = time.perf_counter()
+        with self._lock:
+            locked = time.perf_counter()
+            inputs, hits = self._inputs(examples)
+            outputs = pipeline_deepsynth.generate_with_scores(self.model, inputs, **generate_kwargs)
+            decoded = pipeline_deepsynth.decode_answers(self._decoder, outputs)
+            elapsed_ms = round((waited - started + time.perf_counter() - locked) * 1000)
+        return [
+            GenerationResult(d["answer"], d["score"], d["tokens_generated"], elapsed_ms, hit)
+            for d, hit in zip(decoded, hits)
+        ]
+
+    def _inputs(self, examples: list[dict]) -> tuple[dict, list[bool]]:
+        """Model inputs for a batch: pixels without the cache; cached vision features (and, for one example, the
+        cached document prefix) with it."""
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.processor.collate(examples).items()}
+        if self.cache is None:
+            return batch, [False] * len(examples)
+        entries, hits = zip(*(self._entry(e, prefix=len(examples) == 1) for e in examples))
+        for key in (*PIXEL_KEYS, "num_pages"):
+            batch.pop(key, None)
+        entry = entries[0]
+        if len(examples) == 1 and 0 < entry.prefix_length < batch["input_ids"].shape[1]:
+            # The prompt starts with the cached document prefix: generate() runs only the tokens after it.
+            batch["cache"] = copy.deepcopy(entry.prefix)
+        else:
+            batch["image_features"] = torch.cat([e.image_features for e in entries])
+        return batch, list(hits)
+
+    @torch.no_grad()
+    def _entry(self, example: dict, prefix: bool) -> tuple[_Entry, bool]:
+        key = document_key(example)
+        entry = self.cache.get(key)
+        hit = entry is not None
+        if entry is None:
+            pixels = {k: example.get(k) for k in PIXEL_KEYS}
+            pixels = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in pixels.items()}
+            entry = _Entry(torch.cat(self.model.get_image_features(**pixels)))
+        if prefix and entry.prefix is None:
+            ids = torch.as_tensor(example["input_ids"], device=self.device).unsqueeze(0)
+            # bos, <image> x n: the instruction-independent start of every prompt about this document.
+            length = int((ids[0] == self.model.config.image_token_id).nonzero().max()) + 1
+            out = self.model(
+                input_ids=ids[:, :length],
+                attention_mask=torch.ones_like(ids[:, :length]),
+                image_features=entry.image_features,
+                use_cache=True,
+            )
+            entry.prefix, entry.prefix_length = out.cache, length
+        if not hit or prefix:
+            self.cache.put(key, entry)  # (re)insert: the size may have grown by the prefix
+        return entry, hit
+
+
+__all__ = ["DEFAULT_MODEL_PATH", "DocumentCache", "GenerationResult", "InstructionEngine", "TextStream", "document_key"]

@@ -1,0 +1,181 @@
+// DeepSynth web UI: no framework, no network beyond this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+// Instruction templates: text and the temperature the guide recommends for the task.
+const TEMPLATES = {
+  qa: { text: "What are the key findings?", temperature: 0.3 },
+  summary: { text: "Summarize focusing only on revenue trends", temperature: 0.7 },
+  extraction: { text: "Extract all revenue numbers and growth rates", temperature: 0 },
+};
+
+// ---- tabs -------------------------------------------------------------------------------------------------------
+document.querySelectorAll(".tab").forEach((tab) => {
+  tab.addEventListener("click", () => {
+    document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("active", t === tab));
+    document.querySelectorAll(".panel").forEach((p) => p.classList.toggle("active", p.id === tab.dataset.panel));
+  });
+});
+
+// ---- inputs -----------------------------------------------------------------------------------------------------
+const source = () => document.querySelector('input[name="source"]:checked').value;
+document.querySelectorAll('input[name="source"]').forEach((radio) => {
+  radio.addEventListener("change", () => {
+    $("document-text").hidden = source() !== "text";
+    $("file-box").hidden = source() !== "file";
+  });
+});
+
+$("template").addEventListener("change", () => {
+  const template = TEMPLATES[$("template").value];
+  if (template) {
+    $("instruction").value = template.text;
+    $("temperature").value = template.temperature;
+  }
+});
+
+$("api-key").value = localStorage.getItem("deepsynth-api-key") || "";
+$("api-key").addEventListener("change", () => localStorage.setItem("deepsynth-api-key", $("api-key").value));
+
+function headers(extra) {
+  const h = Object.assign({}, extra);
+  if ($("api-key").value) h["X-API-Key"] = $("api-key").value;
+  return h;
+}
+
+// The request for an endpoint family ("stream" or "pages"): JSON for pasted text, multipart for a file.
+function buildRequest(kind) {
+  if (source() === "file") {
+    const file = $("document-file").files[0];
+    if (!file) throw new Error("Choose a file to upload.");
+    const form = new FormData();
+    form.append("file", file);
+    if (kind === "stream") {
+      form.append("instruction", $("instruction").value);
+      form.append("max_length", $("max-length").value);
+      form.append("temperature", $("temperature").value);
+    }
+    return { url: `/api/inference/${kind === "stream" ? "upload/stream" : "pages/upload"}`,
+             init: { method: "POST", body: form, headers: headers() } };
+  }
+  const text = $("document-text").value;
+  if (!text.trim()) throw new Error("Paste a document first.");
+  const body = { document: text };
+  if (kind === "stream") {
+    Object.assign(body, {
+      instruction: $("instruction").value,
+      max_length: parseInt($("max-length").value, 10),
+      temperature: parseFloat($("temperature").value),
+    });
+  }
+  return { url: `/api/inference/${kind}`,
+           init: { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) } };
+}
+
+// ---- output -----------------------------------------------------------------------------------------------------
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function errorMessage(response) {
+  try {
+    const data = await response.json();
+    if (Array.isArray(data.detail)) {
+      return data.detail.map((e) => `${e.loc.filter((p) => p !== "body").join(".")}: ${e.msg}`).join("; ");
+    }
+    return data.detail || response.statusText;
+  } catch (e) {
+    return `${response.status} ${response.statusText}`;
+  }
+}
+
+function showResult(result) {
+  $("confidence").textContent = result.confidence.toFixed(3);
+  $("time").textContent = `${result.inference_time_ms} ms`;
+  $("tokens").textContent = String(result.tokens_generated);
+}
+
+// Server-sent events over a POST response: "event: NAME\ndata: JSON\n\n" blocks.
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      onEvent(event, JSON.parse(data));
+    }
+  }
+}
+
+async function generate() {
+  showError("");
+  let request;
+  if (!$("instruction").value.trim()) return showError("Enter a question or instruction.");
+  try {
+    request = buildRequest("stream");
+  } catch (e) {
+    return showError(e.message);
+  }
+  $("generate").disabled = true;
+  $("answer").textContent = "";
+  ["confidence", "time", "tokens"].forEach((id) => ($(id).textContent = "…"));
+  previewPages();
+  try {
+    const response = await fetch(request.url, request.init);
+    if (!response.ok) throw new Error(await errorMessage(response));
+    await readEvents(response, (event, data) => {
+      if (event === "token") $("answer").textContent += data.text;
+      else if (event === "done") showResult(data);
+      else if (event === "error") throw new Error(data.detail);
+    });
+  } catch (e) {
+    showError(e.message);
+    ["confidence", "time", "tokens"].forEach((id) => ($(id).textContent = "–"));
+  } finally {
+    $("generate").disabled = false;
+  }
+}
+
+async function previewPages() {
+  let request;
+  try {
+    request = buildRequest("pages");
+  } catch (e) {
+    return showError(e.message);
+  }
+  $("pages").textContent = "";
+  const response = await fetch(request.url, request.init);
+  if (!response.ok) return showError(await errorMessage(response));
+  const data = await response.json();
+  for (const page of data.pages) {
+    const img = document.createElement("img");
+    img.src = page.png;
+    img.alt = `page ${page.index + 1} of ${data.page_count}`;
+    img.className = "page";
+    $("pages").appendChild(img);
+  }
+}
+
+$("generate").addEventListener("click", generate);
+$("preview").addEventListener("click", () => { showError(""); previewPages(); });
+
+// ---- header and API tab ----------------------------------------------------------------------------------------
+fetch("/api/health").then((r) => r.json()).then((h) => {
+  $("model-info").textContent = `model: ${h.model} · ${h.device} · up to ${h.limits.max_pages} pages`;
+}).catch(() => {});
+$("curl-example").textContent = `curl -X POST ${location.origin}/api/inference/instruct \\
+  -H "Content-Type: application/json" \\
+  -d '{"document": "AI has transformed healthcare...", "instruction": "What are the benefits?", "max_length": 256}'`;

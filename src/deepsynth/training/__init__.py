@@ -1,0 +1,1 @@
+"""Training: the `train` entry point, which delegates to run_instruct.py (Seq2SeqTrainer) at the repo root."""
