@@ -65,8 +65,13 @@ def test_fresh_process_picks_the_task(checkpoint, pipe, tmp_path):
     """A new interpreter, started elsewhere, with neither this repo nor src/ importable, gets the same answer."""
     script = textwrap.dedent(
         f"""
-        import importlib.util, json
-        assert importlib.util.find_spec("pipeline_deepsynth") is None and importlib.util.find_spec("deepsynth") is None
+        import importlib.abc, json, sys
+        class Block(importlib.abc.MetaPathFinder):  # an editable install would make the repo importable
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("deepsynth", "pipeline_deepsynth", "modeling_deepsynth",
+                                          "processing_deepsynth", "configuration_deepsynth"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
         import torch
         torch.set_num_threads(1)
         from transformers import pipeline
