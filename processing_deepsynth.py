@@ -29,9 +29,9 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
 
 try:
-    from .configuration_deepsynth import FUSION_MODES, num_image_tokens
+    from .configuration_deepsynth import FUSION_MODES, num_image_tokens, vision_grid_size
 except ImportError:  # imported from the repo root rather than as remote code
-    from configuration_deepsynth import FUSION_MODES, num_image_tokens
+    from configuration_deepsynth import FUSION_MODES, num_image_tokens, vision_grid_size
 
 # Upstream's resolution modes: name -> (base_size, image_size, crop_mode).
 MODES = {
@@ -46,6 +46,9 @@ IMAGE_TOKEN, INSTRUCTION_TOKEN = "<image>", "<instruction>"
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst"}
 DOCUMENT_SUFFIXES = TEXT_SUFFIXES | {".pdf", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # draw nothing useful; \t \n \f are handled
+# Character classes of the per-vision-cell OCR labels (`char_cell_labels`): printable ASCII without the space.
+# Class 0 = empty slot, class i = OCR_CHARSET[i - 1]; characters outside the set get no label.
+OCR_CHARSET = "".join(chr(c) for c in range(33, 127))
 
 
 # ---- upstream tiling (DeepSeek-OCR modeling_deepseekocr.py, kept line for line: its tie-breaks define the grid) ----
@@ -108,6 +111,12 @@ class DeepSynthImageProcessor(BaseImageProcessor):
     white pages. PDFs are rasterised at `pdf_dpi`. A document may have at most `max_pages` pages
     (`truncate_pages=True` keeps the first ones with a warning instead of raising).
     `bf16_round` rounds pixels through bfloat16 as upstream infer() did before its bf16 model (off by default).
+    `line_height` (px, default None = `round(font_size * line_spacing)` below a top margin) puts the text on a
+    fixed grid instead: line i is vertically centred in the band [top + i * line_height, top + (i+1) * line_height),
+    top = `margin` rounded down to a multiple of `line_height`, and a page holds (page_height - 2 top) // line_height
+    lines. With `line_height` = one vision cell (patch_size * downsample_ratio px of the global view) every text
+    line sits on one vision-token row. `char_cell_labels` gives, for rendered text, the characters of every vision
+    cell (`ocr_charset`, at most `ocr_cell_slots` per cell): the training-only reading loss of run_instruct.py.
     """
 
     model_input_names = ["pixel_values", "pixel_values_local", "images_spatial_crop"]
@@ -134,6 +143,9 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         pdf_dpi: float = 144,
         max_pages: int = 16,
         truncate_pages: bool = False,
+        line_height: int | None = None,
+        ocr_charset: str = OCR_CHARSET,
+        ocr_cell_slots: int = 4,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -156,6 +168,11 @@ class DeepSynthImageProcessor(BaseImageProcessor):
             raise ValueError(
                 f"a {page_width}x{page_height} page with margin {margin} leaves no room for {font_size}px text"
             )
+        if line_height is not None and not (isinstance(line_height, int) and 0 < line_height <= page_height):
+            raise ValueError(f"line_height must be a positive int <= page_height, got {line_height!r}")
+        if ocr_cell_slots < 1 or not ocr_charset or len(set(ocr_charset)) != len(ocr_charset):
+            raise ValueError("ocr_cell_slots must be >= 1 and ocr_charset non-empty without repeated characters")
+        self.line_height, self.ocr_charset, self.ocr_cell_slots = line_height, ocr_charset, ocr_cell_slots
         self._font_source = None  # set by from_pretrained: the font file inside the checkpoint
         self._fonts = {}
 
@@ -251,7 +268,11 @@ class DeepSynthImageProcessor(BaseImageProcessor):
             raw_lines = block.expandtabs(4).split("\n")
             for line in (out for raw in raw_lines for out in self._wrap(raw, font, width, advances)):
                 bottom = font.getbbox(line, anchor="ls")[3] if line else 0
-                if page and baseline + step + max(descent, bottom) <= limit:
+                if self.line_height is not None:  # fixed grid: a page holds a fixed number of lines
+                    fits = 0 < len(page) < self._grid_lines()
+                else:
+                    fits = page and baseline + step + max(descent, bottom) <= limit
+                if fits:
                     baseline += step
                 else:  # the line would cross the bottom margin: new page
                     if page:
@@ -262,9 +283,20 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         return [p for p in pages if any(line.strip() for line in p)]  # never a blank page
 
     def _line_step(self) -> int:
+        if self.line_height is not None:
+            return self.line_height
         return max(1, round(self.font_size * self.line_spacing))  # baseline to baseline
 
+    def _grid_top(self) -> int:
+        return (self.margin // self.line_height) * self.line_height
+
+    def _grid_lines(self) -> int:
+        return max(1, (self.page_height - 2 * self._grid_top()) // self.line_height)
+
     def _first_baseline(self, font, line: str) -> int:
+        if self.line_height is not None:  # the ink box (ascent + descent) centred in the first band
+            ascent, descent = font.getmetrics()
+            return self._grid_top() + (self.line_height - ascent - descent) // 2 + ascent
         # one ascent below the top margin, lower if a glyph of the first line is taller (Ǻ, stacked accents)
         top = font.getbbox(line, anchor="ls")[1] if line else 0
         return self.margin + max(font.getmetrics()[0], -top)
@@ -317,6 +349,58 @@ class DeepSynthImageProcessor(BaseImageProcessor):
 
     def render_text(self, text: str) -> list[Image.Image]:
         return [self.draw_page(lines) for lines in self.layout_text(text)]
+
+    # ---- per-vision-cell character labels (training-only reading loss) ---------------------------------------
+    def cell_grid(self, mode=None) -> int | None:
+        """Side g of the global view's vision grid when that view is the whole page squashed to a square (no crop
+        mode, view <= 640 px), else None: only then do page pixels map onto cells without letterboxing."""
+        base_size, image_size, crop_mode = self.geometry(mode)
+        if crop_mode or image_size > SQUASH_MAX:
+            return None
+        return vision_grid_size(image_size, self.patch_size, self.downsample_ratio)
+
+    def char_cell_labels(self, text: str, mode=None, max_pages: int | None = None) -> torch.Tensor:
+        """Per-vision-cell character labels of `text` as this processor renders it: (P, g, g, ocr_cell_slots) long.
+
+        Cell [p, r, c] lists (left to right, up to `ocr_cell_slots`) the classes of the characters whose glyph
+        centre falls in vision cell (r, c) of the global view of page p; 0 = empty slot. Class i is
+        `ocr_charset[i - 1]`; spaces and characters outside the charset get no label (they are skipped). P is
+        the number of pages `preprocess` makes of `text` (first `max_pages` pages). Geometries without a
+        squashed global view (crop mode, views > 640 px) have no cell mapping: every entry is -100 there.
+        """
+        pages = self.layout_text(text)[: self.max_pages if max_pages is None else max_pages]
+        g, slots = self.cell_grid(mode), self.ocr_cell_slots
+        if g is None:
+            base_size, image_size, crop_mode = self.geometry(mode)
+            side = vision_grid_size(base_size if crop_mode else image_size, self.patch_size, self.downsample_ratio)
+            return torch.full((len(pages), side, side, slots), -100, dtype=torch.long)
+        index = {ch: i + 1 for i, ch in enumerate(self.ocr_charset)}
+        font = self._font()
+        cell_w, cell_h = self.page_width / g, self.page_height / g
+        ascent = font.getmetrics()[0]
+        out = torch.zeros((len(pages), g, g, slots), dtype=torch.long)
+        for p, lines in enumerate(pages):
+            first, step = self._first_baseline(font, lines[0]), self._line_step()
+            for i, line in enumerate(lines):
+                if not line:
+                    continue
+                baseline = first + i * step
+                row = int((baseline - 0.4 * ascent) // cell_h)  # the middle of the x-height
+                if not 0 <= row < g:
+                    continue
+                x = self.margin - min(0, font.getbbox(line, anchor="ls")[0])  # as draw_page
+                for j, ch in enumerate(line):
+                    if ch not in index:
+                        continue
+                    centre = x + font.getlength(line[:j]) + font.getlength(ch) / 2
+                    col = int(centre // cell_w)
+                    if not 0 <= col < g:
+                        continue
+                    cell = out[p, row, col]
+                    k = int((cell > 0).sum())
+                    if k < slots:
+                        cell[k] = index[ch]
+        return out
 
     # ---- documents -> pages -----------------------------------------------------------------------------------
     def load_pages(
@@ -591,8 +675,15 @@ class DeepSynthProcessor(ProcessorMixin):
         # split_special_tokens: a literal "<image>" in user text stays text and cannot fake a placeholder
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
 
-    def encode_example(self, document, instruction: str, answer: str | None = None, mode=None) -> dict:
-        """One sample, un-batched (lists and per-sample tensors): what `collate` pads into a batch."""
+    def encode_example(
+        self, document, instruction: str, answer: str | None = None, mode=None, return_char_cells: bool = False
+    ) -> dict:
+        """One sample, un-batched (lists and per-sample tensors): what `collate` pads into a batch.
+
+        return_char_cells: also give `ocr_cell_labels` (P, g, g, slots), the characters of every vision cell of
+        each page (`DeepSynthImageProcessor.char_cell_labels`), for the training-only reading loss. Only a plain
+        text document (a str that is not a file path) has them; images, PDFs, files and lists of pages get -100
+        everywhere (no loss)."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"empty instruction: expected a non-empty string, got {instruction!r}")
         if answer is not None and not isinstance(answer, str):
@@ -606,6 +697,8 @@ class DeepSynthProcessor(ProcessorMixin):
         }
         if "pixel_values_local" in vision:
             example["pixel_values_local"] = vision["pixel_values_local"]
+        if return_char_cells:
+            example["ocr_cell_labels"] = self._char_cells(document, vision, mode)
         k = 0
         if self.instruction_tokenizer is not None:
             enc = self.instruction_tokenizer(instruction, truncation=True, max_length=self.max_instruction_length)
@@ -628,6 +721,16 @@ class DeepSynthProcessor(ProcessorMixin):
         if labels is not None:
             example["labels"] = labels
         return example
+
+    def _char_cells(self, document, vision, mode) -> torch.Tensor:
+        ip = self.image_processor
+        if isinstance(document, str) and not os.path.isfile(document):
+            labels = ip.char_cell_labels(document, mode=mode)
+            if len(labels) == len(vision["pixel_values"]):
+                return labels
+        base_size, image_size, crop_mode = ip.geometry(mode)
+        g = vision_grid_size(base_size if crop_mode else image_size, ip.patch_size, ip.downsample_ratio)
+        return torch.full((len(vision["pixel_values"]), g, g, ip.ocr_cell_slots), -100, dtype=torch.long)
 
     def __call__(
         self, document=None, instruction=None, answer=None, return_tensors=None, mode=None, padding_side="left"
@@ -654,16 +757,23 @@ class DeepSynthProcessor(ProcessorMixin):
         return self.collate(examples, padding_side=padding_side)
 
     def collate(
-        self, examples: list[dict], padding_side: str = "left", pad_to_multiple_of: int | None = None, mode=None
+        self,
+        examples: list[dict],
+        padding_side: str = "left",
+        pad_to_multiple_of: int | None = None,
+        mode=None,
+        return_char_cells: bool = False,
     ) -> BatchFeature:
         """Pad examples (from `encode_example`, or raw records {"document" or "text", "instruction", "answer"}
         which are rendered here, i.e. in DataLoader workers) into one batch. Pixel tensors are concatenated in
-        batch order; views of different sizes (mixed modes) come back as lists of (3, S, S) tensors."""
+        batch order; views of different sizes (mixed modes) come back as lists of (3, S, S) tensors.
+        return_char_cells: raw records also get `ocr_cell_labels` (see `encode_example`), concatenated over the
+        pages of the batch like `pixel_values`: (P_total, g, g, slots)."""
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        examples = [e if "input_ids" in e else self._from_record(e, mode) for e in examples]
+        examples = [e if "input_ids" in e else self._from_record(e, mode, return_char_cells) for e in examples]
         if len({"labels" in e for e in examples}) > 1:
             raise ValueError("some examples have an answer (labels) and some do not")
         length = max(len(e["input_ids"]) for e in examples)
@@ -691,6 +801,10 @@ class DeepSynthProcessor(ProcessorMixin):
             [torch.as_tensor(e["images_spatial_crop"]).view(-1, 2) for e in examples]
         ).long()
         batch["num_pages"] = torch.tensor([e["num_pages"] for e in examples], dtype=torch.long)
+        if any("ocr_cell_labels" in e for e in examples):
+            if not all("ocr_cell_labels" in e for e in examples):
+                raise ValueError("some examples have ocr_cell_labels and some do not")
+            batch["ocr_cell_labels"] = torch.cat([torch.as_tensor(e["ocr_cell_labels"]) for e in examples]).long()
         if self.instruction_tokenizer is not None:
             size = max(len(e["instruction_input_ids"]) for e in examples)
             batch["instruction_input_ids"] = stack(
@@ -699,11 +813,11 @@ class DeepSynthProcessor(ProcessorMixin):
             batch["instruction_attention_mask"] = stack("instruction_attention_mask", 0, size, "right")
         return BatchFeature(batch)
 
-    def _from_record(self, record: dict, mode=None) -> dict:
+    def _from_record(self, record: dict, mode=None, return_char_cells: bool = False) -> dict:
         document = record.get("document", record.get("text"))
         if document is None or "instruction" not in record:
             raise ValueError(f"a raw example needs 'document' (or 'text') and 'instruction', got keys {sorted(record)}")
-        return self.encode_example(document, record["instruction"], record.get("answer"), mode)
+        return self.encode_example(document, record["instruction"], record.get("answer"), mode, return_char_cells)
 
     @staticmethod
     def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

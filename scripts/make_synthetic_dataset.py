@@ -3,23 +3,72 @@
     python scripts/make_synthetic_dataset.py --out data/synthetic --train 5000 --validation 300 \
         --test-values 300 --test-paraphrases 300 --test-layouts 300 --seed 0
 
+Tasks (`--task`):
+    instructions   QA / extraction / summary rows (default; unchanged)
+    transcription  "Transcribe the document." -> the document text (reading stage B)
+    mixed          QA / extraction / summary + 40% transcription rows (stage C: keeps reading alive)
+    random_lines   reading warm-up: `--lines` lines of random characters -> the same text (stage A); the
+                   document-kind splits do not apply, every split is fresh random pages (own seed per split)
+
+With `--processor DIR` (a DeepSynth processor), transcription rows are laid out by its renderer first: the row's
+text is the wrapped page lines ("\\f" between pages) and the answer is exactly the lines shown on the pages, in
+order, joined by "\\n"; random lines are trimmed to fit one rendered line. Without it the answer is the raw text.
+
 The folder loads back with `deepsynth.data.load_instruction_dataset("data/synthetic", split="train")`.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 # Runs from a plain checkout too, without `pip install -e .`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 
-from deepsynth.data.synthetic import SPLITS, build_dataset_dict  # noqa: E402
+from deepsynth.data.synthetic import SPLITS, TASKS, build_dataset_dict, generate_split, random_lines_split  # noqa: E402
+
+TASK_SETS = {
+    "instructions": TASKS,
+    "transcription": ("transcription",),
+    "mixed": TASKS + ("transcription", "transcription"),
+}
+
+
+def load_image_processor(path):
+    sys.path.insert(0, str(ROOT))
+    from processing_deepsynth import DeepSynthImageProcessor
+
+    return DeepSynthImageProcessor.from_pretrained(str(path))
+
+
+def as_rendered(row: dict, ip) -> dict:
+    """A transcription row whose text and answer are the processor's page lines."""
+    pages = ip.layout_text(row["text"])[: ip.max_pages]
+    text = "\f".join("\n".join(lines) for lines in pages)
+    return {**row, "text": text, "answer": "\n".join(line for lines in pages for line in lines)}
+
+
+def make_rows(task, split, n, seed, ip=None, lines=(1, 2)):
+    if task == "random_lines":
+        fits = None
+        if ip is not None:
+            font, room = ip._font(), ip.page_width - 2 * ip.margin
+            fits = lambda s: ip._width(font, s) <= room  # noqa: E731
+        return random_lines_split(split, n, seed, lines=lines, fits=fits)
+    rows = generate_split(split, n, seed, tasks=TASK_SETS[task])
+    if ip is not None:
+        rows = [as_rendered(r, ip) if r["task"] == "transcription" else r for r in rows]
+    return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default="instructions", choices=[*TASK_SETS, "random_lines"])
+    parser.add_argument("--processor", type=Path, default=None, help="lay transcription rows out as this processor")
+    parser.add_argument("--lines", default="1,2", help="random_lines: min,max lines per page")
     defaults = {"train": 5000, "validation": 300, "test_values": 300, "test_paraphrases": 300, "test_layouts": 300}
     for split in SPLITS:
         parser.add_argument(f"--{split.replace('_', '-')}", type=int, default=defaults[split], help=f"rows (default {defaults[split]}; 0 skips)")
@@ -27,10 +76,21 @@ def main(argv=None) -> None:
 
     sizes = {split: getattr(args, split) for split in SPLITS if getattr(args, split) > 0}
     args.out.mkdir(parents=True, exist_ok=True)
-    for split, ds in build_dataset_dict(sizes, seed=args.seed).items():
+    if args.task == "instructions" and args.processor is None:  # the original path, byte for byte
+        for split, ds in build_dataset_dict(sizes, seed=args.seed).items():
+            path = args.out / f"{split}.jsonl"
+            ds.to_json(str(path), lines=True, force_ascii=False)
+            print(f"{split}: {len(ds)} rows -> {path}")
+        return
+    ip = load_image_processor(args.processor) if args.processor else None
+    lines = tuple(int(x) for x in args.lines.split(","))
+    for split, n in sizes.items():
         path = args.out / f"{split}.jsonl"
-        ds.to_json(str(path), lines=True, force_ascii=False)
-        print(f"{split}: {len(ds)} rows -> {path}")
+        rows = make_rows(args.task, split, n, args.seed, ip, lines)
+        with open(path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"{split}: {len(rows)} rows -> {path}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,10 @@ Splits, each deterministic from (split, n, seed):
   test_paraphrases    instruction templates never used in training
   test_layouts        layouts never used in training ("table", "inline")
 
+Transcription (task "transcription", opt-in via `tasks=`): the instruction asks to read the page, the answer is
+the document text. `random_lines_split` draws reading warm-up pages: 1-2 lines of random characters, no
+language prior to fall back on, so the only way to lower the loss is to read the pixels (research/reading).
+
 Gold answers: QA -> the value string exactly as printed in the document ("$45.2M",
 "March 3, 2024", "Acme Corp"); extraction -> the values in document order joined by
 "; " (amounts contain commas); summary -> one templated sentence built from the facts.
@@ -29,6 +33,11 @@ from datasets import Dataset, DatasetDict
 
 DOC_KINDS = ("financial_report", "invoice", "meeting_notes", "product_spec", "hr_letter")
 TASKS = ("qa", "extraction", "summary")
+ALL_TASKS = TASKS + ("transcription",)
+TRANSCRIPTION_INSTRUCTIONS = (
+    "Transcribe the document.", "Free OCR.", "Read out all the text on the page.", "Convert the document to text.",
+)
+RANDOM_LINE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789$%.,:-/"
 TRAIN_LAYOUTS = ("fields", "prose", "bullets")
 HELDOUT_LAYOUTS = ("table", "inline")
 SPLITS = ("train", "validation", "test_values", "test_paraphrases", "test_layouts")
@@ -408,6 +417,9 @@ def _in_text_order(values: list[str], text: str) -> list[str]:
 
 def _make_task(task: str, doc: Document, text: str, template_set: str, rng: random.Random) -> tuple[str, str, str]:
     """(instruction, answer, template_id) for one task on one rendered document."""
+    if task == "transcription":
+        index = rng.randrange(len(TRANSCRIPTION_INSTRUCTIONS))
+        return TRANSCRIPTION_INSTRUCTIONS[index], text, f"transcription/t{index:02d}"
     templates = TEMPLATES[task][template_set]
     index = rng.randrange(len(templates))
     template_id = f"{task}/{template_set[0]}{index:02d}"  # e.g. "qa/t03", "summary/h01"
@@ -423,16 +435,19 @@ def _make_task(task: str, doc: Document, text: str, template_set: str, rng: rand
     return templates[index].format(f=focus), doc.summaries[focus], template_id
 
 
-def iter_examples(split: str, n: int, seed: int = 0):
-    """Yield (row, document) pairs; `generate_split` keeps the rows. Tests use the documents."""
+def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS):
+    """Yield (row, document) pairs; `generate_split` keeps the rows. Tests use the documents. `tasks` are cycled
+    (default: qa, extraction, summary; add "transcription" for reading rows, see ALL_TASKS)."""
     if split not in _SPLIT_CONFIG:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    if not tasks or any(t not in ALL_TASKS for t in tasks):
+        raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS}, got {tasks!r}")
     pools, template_set, layouts = _SPLIT_CONFIG[split]
     # A string seed is hashed with SHA-512 by `random`, so it is stable across runs and machines.
     rng = random.Random(f"deepsynth-synthetic:{seed}:{split}")
     for i in range(n):
         # Cycle kinds and tasks so that every 15 rows cover every (kind, task) pair.
-        kind, task = DOC_KINDS[i % len(DOC_KINDS)], TASKS[(i // len(DOC_KINDS)) % len(TASKS)]
+        kind, task = DOC_KINDS[i % len(DOC_KINDS)], tasks[(i // len(DOC_KINDS)) % len(tasks)]
         layout = rng.choice(layouts)
         doc = make_document(kind, rng, pools)
         text = render(doc, layout)
@@ -450,9 +465,32 @@ def iter_examples(split: str, n: int, seed: int = 0):
         yield row, doc
 
 
-def generate_split(split: str, n: int, seed: int = 0) -> list[dict]:
+def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS) -> list[dict]:
     """`n` rows of `split` with keys id, text, instruction, answer, task, doc_kind, layout, template_id."""
-    return [row for row, _ in iter_examples(split, n, seed)]
+    return [row for row, _ in iter_examples(split, n, seed, tasks)]
+
+
+def random_lines_split(
+    split: str, n: int, seed: int = 0, lines: tuple[int, int] = (1, 2), chars: tuple[int, int] = (4, 30),
+    fits=None, instruction: str = TRANSCRIPTION_INSTRUCTIONS[0],
+) -> list[dict]:
+    """Reading warm-up rows: `lines` (min, max) lines of `chars` (min, max) random characters (RANDOM_LINE_CHARS);
+    the answer is the text. `fits(line) -> bool` (e.g. the processor's pixel width check) trims a line until it
+    fits on one rendered line, so the page shows exactly the answer's lines. Deterministic from (split, n, seed)."""
+    rng = random.Random(f"deepsynth-random-lines:{seed}:{split}")
+    rows = []
+    for i in range(n):
+        body = []
+        for _ in range(rng.randint(*lines)):
+            s = "".join(rng.choice(RANDOM_LINE_CHARS) for _ in range(rng.randint(*chars)))
+            while fits is not None and len(s) > 1 and not fits(s):
+                s = s[:-1]
+            body.append(s)
+        text = "\n".join(body)
+        rows.append({"id": f"random_lines-{split}-{seed}-{i:06d}", "text": text, "instruction": instruction,
+                     "answer": text, "task": "transcription", "doc_kind": "random_lines", "layout": "lines",
+                     "template_id": "transcription/t00"})
+    return rows
 
 
 def build_dataset_dict(sizes: dict[str, int], seed: int = 0) -> DatasetDict:
