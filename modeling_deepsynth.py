@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import tempfile
+import types
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,25 @@ ORIGINAL_KEY_MAPPING = {
     r"^model\.layers\.": "model.language_model.layers.",
     r"^model\.norm\.": "model.language_model.norm.",
 }
+
+
+def _contiguous_decomposed_rel_pos(self, query, rel_pos_h, rel_pos_w, q_size, k_size):
+    """unlimited_ocr SAM's `get_decomposed_rel_pos`, with the two einsum outputs made contiguous before the
+    broadcast add: the (B*heads, h, w, h, w) bias then comes out in its final layout and the attention's reshape is
+    a view, not a second copy of an N^2 tensor. Bit-identical; base page 1.27x faster, half the peak memory
+    (BENCHMARKS.md, profiling note 3)."""
+    rel_h_pos = self.get_rel_pos(q_size[0], k_size[0], rel_pos_h)
+    rel_w_pos = self.get_rel_pos(q_size[1], k_size[1], rel_pos_w)
+    batch_size, _, dim = query.shape
+    q = query.reshape(batch_size, q_size[0], q_size[1], dim)
+    rel_h = torch.einsum("bhwc,hkc->bhwk", q, rel_h_pos).contiguous()
+    rel_w = torch.einsum("bhwc,wkc->bhwk", q, rel_w_pos).contiguous()
+    return rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+
+
+# SAM's global attention materialises a (views*heads, N, N) fp32 bias: vision calls are chunked to keep it under
+# this many bytes (one base page per call at SAM-B size). On CPU a bigger vision batch is not faster anyway.
+VISION_BIAS_BUDGET = 256 << 20
 
 
 @dataclass
@@ -103,6 +123,12 @@ class DeepSynthPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["UnlimitedOcrEncoderLayer", "UnlimitedOcrSamVisionLayer", "UnlimitedOcrTextDecoderLayer"]
     _keep_in_fp32_modules_strict = ["gate.weight"]  # MoE router, as in unlimited_ocr
 
+    @classmethod
+    def _can_set_experts_implementation(cls):
+        # transformers looks for `@use_experts_implementation` in this file's source; the decoder's experts
+        # (unlimited_ocr) do support grouped_mm / eager.
+        return True
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, DeepSynthModel):
@@ -146,6 +172,8 @@ class DeepSynthModel(DeepSynthPreTrainedModel):
         super().__init__(config)
         hidden = config.text_config.hidden_size
         self.vision_tower = UnlimitedOcrVisionModel(config.vision_config)
+        for layer in self.vision_tower.sam_encoder.layers:
+            layer.attn.get_decomposed_rel_pos = types.MethodType(_contiguous_decomposed_rel_pos, layer.attn)
         self.multi_modal_projector = nn.Linear(config.projector_input_dim, hidden)
         self.image_newline = nn.Parameter(torch.empty(hidden))
         self.view_separator = nn.Parameter(torch.empty(hidden))
@@ -179,11 +207,16 @@ class DeepSynthModel(DeepSynthPreTrainedModel):
         by_size: dict[tuple, list[int]] = {}
         for i, view in enumerate(views):
             by_size.setdefault(tuple(view.shape[-2:]), []).append(i)
-        for idx in by_size.values():
-            pixels = torch.stack([views[i] for i in idx]).to(self.multi_modal_projector.weight.dtype)  # (n, 3, H, W)
-            feats = self.multi_modal_projector(self.vision_tower(pixels).last_hidden_state)  # (n, g*g, D)
-            for i, f in zip(idx, feats):
-                out[i] = f
+        sam = self.config.vision_config.sam_config
+        for (height, width), idx in by_size.items():
+            tokens = (height // sam.patch_size) * (width // sam.patch_size)
+            per_call = max(1, VISION_BIAS_BUDGET // (4 * sam.num_attention_heads * tokens**2))
+            for start in range(0, len(idx), per_call):
+                chunk = idx[start : start + per_call]
+                pixels = torch.stack([views[i] for i in chunk]).to(self.multi_modal_projector.weight.dtype)
+                feats = self.multi_modal_projector(self.vision_tower(pixels).last_hidden_state)  # (n, g*g, D)
+                for i, f in zip(chunk, feats):
+                    out[i] = f
         return out
 
     def _with_newlines(self, grid: torch.Tensor) -> torch.Tensor:
