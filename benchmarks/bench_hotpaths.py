@@ -41,12 +41,13 @@ def contiguous_decomposed_rel_pos(self, query, rel_pos_h, rel_pos_w, q_size, k_s
 
 
 def set_sam_fix(model, on: bool):
+    """on: the contiguous bias; off: unlimited_ocr's own method (explicitly, whatever the model file binds)."""
+    from transformers.models.unlimited_ocr.modeling_unlimited_ocr import UnlimitedOcrSamVisionAttention
+
     for layer in model.model.vision_tower.sam_encoder.layers:
         attn = layer.attn
-        if on:
-            attn.get_decomposed_rel_pos = types.MethodType(contiguous_decomposed_rel_pos, attn)
-        else:
-            attn.__dict__.pop("get_decomposed_rel_pos", None)
+        fn = contiguous_decomposed_rel_pos if on else UnlimitedOcrSamVisionAttention.get_decomposed_rel_pos
+        attn.get_decomposed_rel_pos = types.MethodType(fn, attn)
 
 
 def encode_views_chunked(self, views, max_views=1):
@@ -66,11 +67,20 @@ def encode_views_chunked(self, views, max_views=1):
 
 
 def set_chunking(model, max_views):
-    inner = model.model
-    if max_views is None:
-        inner.__dict__.pop("_encode_views", None)
-    else:
-        inner._encode_views = types.MethodType(lambda self, v: encode_views_chunked(self, v, max_views), inner)
+    """max_views None: every same-size view in one call (the original `_encode_views`); else chunks."""
+    n = 1 << 30 if max_views is None else max_views
+    model.model._encode_views = types.MethodType(lambda self, v: encode_views_chunked(self, v, n), model.model)
+
+
+def to_tensor_original(self, views):
+    """DeepSynthImageProcessor.to_tensor as it was when this benchmark was written (the 'before')."""
+    import numpy as np
+
+    x = torch.from_numpy(np.stack([np.asarray(v, dtype=np.uint8) for v in views])).permute(0, 3, 1, 2)
+    mean = torch.tensor(self.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(self.image_std, dtype=torch.float32).view(1, -1, 1, 1)
+    x = x.float().div(255).sub(mean).div(std)
+    return x.to(torch.bfloat16).float() if self.bf16_round else x
 
 
 def to_tensor_fast(self, views):
@@ -240,7 +250,7 @@ def main():
         same = same and real_same
         del real
     sections.append(
-        "### 3. SAM relative-position bias: build it contiguous (proposed fix, vision encoder)\n\n"
+        "### 3. SAM relative-position bias: build it contiguous (fix for the vision encoder)\n\n"
         "`get_decomposed_rel_pos` returns `rel_h[..., None] + rel_w[..., None, :]` from two einsum outputs whose "
         "strides are permuted; the broadcast add then writes a non-contiguous (B·heads, h, w, h, w) tensor and the "
         "SDPA attention's `reshape(B, heads, h*w, h*w)` copies all N² of it again (the `copy_` of "
@@ -333,9 +343,9 @@ def main():
     # 6. processor to_tensor ----------------------------------------------------------------------------------
     ip = DeepSynthImageProcessor(mode="base")
     views = [ip.page_views(pg)[0] for pg in ip.load_pages(C.documents(1)[0])]
-    a, f = ip.to_tensor(views), to_tensor_fast(ip, views)
-    same = torch.equal(a, f)
-    t = C.interleave({"before": lambda: ip.to_tensor(views), "after": lambda: to_tensor_fast(ip, views)},
+    a, f = to_tensor_original(ip, views), to_tensor_fast(ip, views)
+    same = torch.equal(a, f) and torch.equal(a, ip.to_tensor(views))
+    t = C.interleave({"before": lambda: to_tensor_original(ip, views), "after": lambda: to_tensor_fast(ip, views)},
                      repeats * 3)
     from deepsynth.inference.engine import document_key
 
@@ -343,7 +353,7 @@ def main():
                        "after": lambda: document_key({"pixel_values": f})}, repeats * 3)
     results["to_tensor"] = {"identical": same, "times": t, "key": tk}
     sections.append(
-        "### 6. Processor: ToTensor + Normalize (proposed fix, processing_deepsynth.py)\n\n"
+        "### 6. Processor: ToTensor + Normalize (fix for processing_deepsynth.py)\n\n"
         f"`DeepSynthImageProcessor.to_tensor` on one base-mode view: {ms(t['before'])} ms -> {ms(t['after'])} ms "
         f"(**{C.paired_ratios(t, 'before', 'after'):.2f}×**, bit-identical: {'yes' if same else 'NO'}). Today "
         "it normalises a channels-last *view* (`permute(0, 3, 1, 2)` of NHWC), so `float()`, `div`, `sub`, `div` "
@@ -397,7 +407,7 @@ def main():
     # 8. vision batch chunking --------------------------------------------------------------------------------
     n_pages = 2 if args.quick else 4
     pv_many = torch.cat([pv_base] * n_pages)
-    ours.model.__dict__.pop("_encode_views", None)
+    set_chunking(ours, None)
     one = torch.cat(ours.get_image_features(pv_many))
     set_chunking(ours, 1)
     chunked = torch.cat(ours.get_image_features(pv_many))
@@ -413,10 +423,10 @@ def main():
     t = C.interleave({"one call": lambda: (set_chunking(ours, None), ours.get_image_features(pv_many)),
                       "chunked": lambda: (set_chunking(ours, 1), ours.get_image_features(pv_many))},
                      2 if args.quick else 3)
-    set_chunking(ours, None)
+    ours.model.__dict__.pop("_encode_views", None)
     results["vision_chunking"] = {"max_diff": cdiff, **t, "mem": {str(k): v for k, v in cmem.items()}}
     sections.append(
-        f"### 8. Vision encoder batch: {n_pages} base pages in one call vs one page per call (proposed fix)\n\n"
+        f"### 8. Vision encoder batch: {n_pages} base pages in one call vs one page per call (fix)\n\n"
         "`DeepSynthModel._encode_views` stacks every view of the same size into one vision-tower call. At base "
         "size SAM's global layers then materialise a (views·heads, 4096, 4096) fp32 bias (~200 MB per page for "
         "this config, ~800 MB per page for SAM-B, twice that while the attention reshapes it). On CPU a "
