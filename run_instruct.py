@@ -596,7 +596,7 @@ class DeepSynthTrainer(Seq2SeqTrainer):
 
 
 def make_compute_metrics(processor, metric_names):
-    from deepsynth.evaluation.metrics import compute_metrics
+    from deepsynth.evaluation.metrics import character_error_rate, compute_metrics
 
     pad = processor.tokenizer.pad_token_id
 
@@ -617,21 +617,6 @@ def make_compute_metrics(processor, metric_names):
         return out
 
     return fn
-
-
-def levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def character_error_rate(preds: list[str], refs: list[str]) -> float:
-    """Sum of edit distances over the sum of reference lengths (transcription CER on the eval set)."""
-    return sum(levenshtein(p, r) for p, r in zip(preds, refs, strict=True)) / max(1, sum(len(r) for r in refs))
 
 
 # ---- model card -------------------------------------------------------------------------------------------------

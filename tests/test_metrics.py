@@ -106,3 +106,11 @@ def test_local_evaluate_module_matches_functions():
     assert metric.compute(predictions=["The cat."], references=["cat"], metrics=["exact_match"]) == {
         "exact_match": 100.0
     }
+
+
+def test_character_error_rate_hand_computed():
+    from deepsynth.evaluation.metrics import character_error_rate, levenshtein
+
+    assert levenshtein("kitten", "sitting") == 3 and levenshtein("", "abc") == 3 and levenshtein("abc", "abc") == 0
+    # (3 + 0) edits over (7 + 4) reference characters
+    assert character_error_rate(["kitten", "same"], ["sitting", "same"]) == 3 / 11

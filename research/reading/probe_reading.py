@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, REPO)
+sys.path[:0] = [REPO, os.path.join(REPO, "src")]
 from configuration_deepsynth import DeepSynthConfig  # noqa: E402
+from deepsynth.evaluation.metrics import levenshtein  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 
 BOS, EOS, PAD, OFF = 0, 1, 2, 3  # byte b -> id b + OFF
@@ -205,16 +206,6 @@ def grid_feats(image_features, B, g):
     D = image_features.shape[-1]
     x = image_features.reshape(B, g * (g + 1) + 1, D)[:, : g * (g + 1)]
     return x.reshape(B, g, g + 1, D)[:, :, :g]
-
-
-def levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 @torch.no_grad()

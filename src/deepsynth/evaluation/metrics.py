@@ -116,3 +116,18 @@ def compute_metrics(
             fn = exact_match if name == "exact_match" else f1_score
             results[name] = 100.0 * sum(fn(p, r) for p, r in zip(predictions, references)) / len(predictions)
     return results
+
+
+def levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def character_error_rate(preds: list[str], refs: list[str]) -> float:
+    """Sum of edit distances over the sum of reference lengths (transcription CER on the eval set)."""
+    return sum(levenshtein(p, r) for p, r in zip(preds, refs, strict=True)) / max(1, sum(len(r) for r in refs))
