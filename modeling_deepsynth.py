@@ -31,14 +31,8 @@ except ImportError:  # imported from the repo root rather than as remote code
 
 # Model inputs that belong to the prompt only: generate() passes them to the first (prefill) forward, not to
 # the cached decode steps (transformers already drops `pixel_values`).
-PREFILL_ONLY_INPUTS = (
-    "pixel_values",
-    "pixel_values_local",
-    "images_spatial_crop",
-    "image_features",
-    "instruction_input_ids",
-    "instruction_attention_mask",
-)
+PAGE_INPUTS = ("pixel_values", "pixel_values_local", "images_spatial_crop", "image_features")
+PREFILL_ONLY_INPUTS = PAGE_INPUTS + ("instruction_input_ids", "instruction_attention_mask")
 
 # Renames from the original DeepSeek-OCR checkpoint to this model's keys. The nested SAM / CLIP / MoE renames
 # (fused CLIP qkv split, per-expert weights packed) are applied by transformers' own unlimited_ocr conversion
@@ -473,7 +467,7 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # Page tensors are indexed by page, not by sample: beams / return sequences would need per-page repeats.
-        if expand_size > 1 and any(model_kwargs.get(k) is not None for k in PREFILL_ONLY_INPUTS[:4]):
+        if expand_size > 1 and any(model_kwargs.get(k) is not None for k in PAGE_INPUTS):
             raise ValueError(
                 "num_beams > 1 / num_return_sequences > 1 are not supported with page inputs; run one "
                 "generate per beam or pass image_features repeated per sequence"

@@ -30,7 +30,7 @@ def make_serving_checkpoint(out_dir, fusion: str = "tokens") -> str:
         for module in (model.model.multi_modal_projector, model.model.instruction_projector):
             for p in [] if module is None else module.parameters():
                 p.mul_(20)
-        # The tiny vision config initialises SAM's convs with std 1e-10: every page would give the same features.
+        # Kaiming-scaled convs (larger than the config's std 0.02) make the vision features strongly page-dependent.
         for module in model.model.vision_tower.modules():
             if isinstance(module, torch.nn.Conv2d):
                 module.reset_parameters()
