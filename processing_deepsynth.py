@@ -94,6 +94,19 @@ def dynamic_preprocess(image, min_num=2, max_num=9, image_size=640):
     return tiles, tuple(target_aspect_ratio)
 
 
+class DocumentText(str):
+    """A str that is always rendered as text, never read as a file path: dataset `text` columns, where a short line
+    such as "notes.md" is content, not a file to open."""
+
+
+def row_document(row: dict):
+    """The document of a dataset row: its `text` column (always text), else an image / document path or a decoded
+    image (`image`, `document`)."""
+    if row.get("text"):
+        return DocumentText(row["text"])
+    return row.get("image") or row.get("document")
+
+
 def _as_rgb(image: Image.Image) -> Image.Image:
     """Upstream load_image: EXIF orientation applied, then RGB."""
     return ImageOps.exif_transpose(image).convert("RGB")
@@ -408,7 +421,7 @@ class DeepSynthImageProcessor(BaseImageProcessor):
     ) -> list[Image.Image]:
         """Pages (RGB PIL images) of a document: str text, a path (.txt/.md, image, .pdf), PDF or image bytes, a
         PIL image, a uint8 numpy array (H, W[, C]), or a list of those (pages in order). A str naming an existing
-        file is that file; any other str is text."""
+        file is that file; any other str is text (a `DocumentText` is always text)."""
         max_pages = self.max_pages if max_pages is None else max_pages
         truncate = self.truncate_pages if truncate_pages is None else truncate_pages
         pages = self._collect(document)  # PIL images or deferred renderers: count before rendering everything
@@ -435,6 +448,8 @@ class DeepSynthImageProcessor(BaseImageProcessor):
             return [self._from_array(doc)]
         if isinstance(doc, (bytes, bytearray, memoryview)):
             return self._from_bytes(bytes(doc), "document bytes")
+        if isinstance(doc, DocumentText):
+            return self._text_pages(doc)
         if isinstance(doc, os.PathLike) or (isinstance(doc, str) and os.path.isfile(doc)):
             return self._from_file(os.fspath(doc))
         if isinstance(doc, str):
@@ -677,9 +692,19 @@ class DeepSynthProcessor(ProcessorMixin):
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
 
     def encode_example(
-        self, document, instruction: str, answer: str | None = None, mode=None, return_char_cells: bool = False
+        self,
+        document,
+        instruction: str,
+        answer: str | None = None,
+        mode=None,
+        return_char_cells: bool = False,
+        vision: dict | None = None,
     ) -> dict:
         """One sample, un-batched (lists and per-sample tensors): what `collate` pads into a batch.
+
+        vision: this document's page layout from an earlier call (`image_processor.preprocess` output, or only its
+        `images_spatial_crop` and `num_image_tokens` when the caller holds the vision features already, e.g. a
+        document cache): nothing is rendered, and pixel tensors are included only if `vision` has them.
 
         return_char_cells: also give `ocr_cell_labels` (P, g, g, slots), the characters of every vision cell of
         each page (`DeepSynthImageProcessor.char_cell_labels`), for the training-only reading loss. Only a plain
@@ -690,14 +715,15 @@ class DeepSynthProcessor(ProcessorMixin):
         if answer is not None and not isinstance(answer, str):
             raise ValueError(f"answer must be a string or None, got {type(answer).__name__}")
         instruction = instruction.rstrip()  # upstream strips its prompt
-        vision = self.image_processor.preprocess(document, mode=mode)
+        if vision is None:
+            vision = self.image_processor.preprocess(document, mode=mode)
         example = {
-            "pixel_values": vision["pixel_values"],
             "images_spatial_crop": vision["images_spatial_crop"],
-            "num_pages": len(vision["pixel_values"]),
+            "num_pages": len(vision["num_image_tokens"]),
         }
-        if "pixel_values_local" in vision:
-            example["pixel_values_local"] = vision["pixel_values_local"]
+        for key in ("pixel_values", "pixel_values_local"):
+            if key in vision:
+                example[key] = vision[key]
         if return_char_cells:
             example["ocr_cell_labels"] = self._char_cells(document, vision, mode)
         k = 0
@@ -794,7 +820,9 @@ class DeepSynthProcessor(ProcessorMixin):
         }
         if "labels" in examples[0]:
             batch["labels"] = stack("labels", -100, length, padding_side)
-        batch["pixel_values"] = self._cat([e["pixel_values"] for e in examples])
+        pixels = [e["pixel_values"] for e in examples if "pixel_values" in e]
+        if pixels:  # examples without pixels bring cached vision features (see encode_example's `vision`)
+            batch["pixel_values"] = self._cat(pixels)
         local = [e["pixel_values_local"] for e in examples if e.get("pixel_values_local") is not None]
         if local:
             batch["pixel_values_local"] = self._cat(local)

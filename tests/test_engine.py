@@ -10,7 +10,7 @@ from PIL import Image
 
 from _serving_helpers import DOC_A, DOC_B, REPO_ROOT, make_serving_checkpoint
 from deepsynth.inference import DEFAULT_MODEL_PATH, DocumentCache, InstructionEngine, engine as engine_module
-from deepsynth.inference.engine import _Entry, document_key
+from deepsynth.inference.engine import _Entry, document_key, source_key
 
 NOISE = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 160, 3), dtype=np.uint8))
 QUESTIONS = ["What was the revenue?", "Summarize focusing only on costs", "Extract all numbers", "Who wrote it?"]
@@ -103,16 +103,35 @@ def test_cache_on_equals_off_and_skips_the_vision_encoder(engine, plain):
                 ([NOISE, DOC_B], QUESTIONS[3])]
     for document, question in requests:
         expected = plain.generate_result(document, question, max_length=8)
-        with Spy(engine.model.model, "get_image_features") as vision:
+        with Spy(engine.model.model, "get_image_features") as vision, \
+                Spy(engine.processor.image_processor, "preprocess") as rendering:
             got = engine.generate_result(document, question, max_length=8)
         assert got.answer == expected.answer
         assert got.confidence == pytest.approx(expected.confidence, abs=1e-5)
         assert len(vision.calls) == (0 if got.cache_hit else 1)
+        # text is keyed by its source: a hit renders nothing; pixels in memory (NOISE) are keyed after rendering
+        assert len(rendering.calls) == (0 if got.cache_hit and isinstance(document, str) else 1)
     assert [engine.generate_result(d, q, max_length=2).cache_hit for d, q in requests] == [True] * 5
     # the decoder prefix `bos, <image> x n` of a one-page document is cached too
-    entry = engine.cache.get(document_key(engine.processor(document=DOC_A, instruction="q")))
+    entry = engine.cache.get(source_key(DOC_A))
     assert entry.prefix_length == 1 + entry.image_features.shape[0] == 1 + engine.model.config.num_image_tokens(128, 128)
     assert entry.prefix.get_seq_length() == entry.prefix_length
+
+
+def test_source_keys_follow_the_content(engine, tmp_path):
+    """Text by content, files by path + size + mtime (an edited file is a new document), PIL images by pixels."""
+    path = tmp_path / "report.txt"
+    path.write_text(DOC_A)
+    first = source_key(str(path))
+    assert first == source_key(path) and first != source_key(DOC_A) and first.startswith("file:")
+    assert source_key(DOC_A) == source_key(DOC_A + "") != source_key(DOC_B)
+    assert source_key([DOC_A, path.read_bytes()]) is not None and source_key([DOC_A, NOISE]) is None
+    assert source_key(NOISE) is None and document_key(engine.processor(document=NOISE, instruction="q"))
+    before = engine.generate(str(path), QUESTIONS[0], max_length=4)
+    path.write_text(DOC_B)  # same path, new content: a new key and a new answer, as without the cache
+    assert source_key(str(path)) != first
+    assert engine.generate(str(path), QUESTIONS[0], max_length=4) == engine.generate(DOC_B, QUESTIONS[0], max_length=4)
+    assert before == engine.generate(DOC_A, QUESTIONS[0], max_length=4)
 
 
 def test_cache_is_lru_and_bounded(checkpoint):

@@ -272,3 +272,47 @@ def test_kill_and_resume_gives_the_same_losses(work):
     assert sorted(b) == list(range(1, 25))
     for step in range(1, 25):
         assert abs(a[step] - b[step]) < 1e-4, (step, a[step], b[step])
+
+
+def test_ablation_switches_fusion_off_random_encoder_constant_instruction(work):
+    """The demo model's ablations (recipes/demo): each switch really changes what the model receives."""
+    sys.path.insert(0, str(ROOT))
+    import run_instruct
+    from modeling_deepsynth import DeepSynthForConditionalGeneration
+
+    fused = DeepSynthForConditionalGeneration.from_pretrained(work / "tiny")
+    assert fused.config.instruction_fusion != "none"
+
+    # (b) fusion off from a fused checkpoint: encoder gone, shared weights kept, instruction written for the decoder
+    args = run_instruct.ModelArguments(model_name_or_path=str(work / "tiny"), use_text_encoder=False)
+    plain, processor = run_instruct.build_model_and_processor(args)
+    assert plain.config.instruction_fusion == "none" and plain.model.instruction_encoder is None
+    torch.testing.assert_close(plain.lm_head.weight, fused.lm_head.weight, rtol=0, atol=0)
+    torch.testing.assert_close(plain.model.multi_modal_projector.state_dict(), fused.model.multi_modal_projector.state_dict())
+    example = processor.encode_example("Revenue: $4M", "What was the revenue?")
+    assert "What was the revenue?" in processor.tokenizer.decode(example["input_ids"])
+    assert "instruction_input_ids" not in example
+
+    # (d) random encoder: same architecture, fresh weights, everything else as loaded
+    args = run_instruct.ModelArguments(model_name_or_path=str(work / "tiny"), text_encoder_random_init=True)
+    randomized, _ = run_instruct.build_model_and_processor(args)
+    before = dict(fused.model.instruction_encoder.named_parameters())
+    changed = [n for n, p in randomized.model.instruction_encoder.named_parameters() if not torch.equal(p, before[n])]
+    assert any("embeddings.word_embeddings" in n for n in changed) and any("query" in n for n in changed)
+    torch.testing.assert_close(randomized.lm_head.weight, fused.lm_head.weight, rtol=0, atol=0)
+
+    # (c) constant instruction: two rows with different instructions give identical inputs
+    from processing_deepsynth import DeepSynthProcessor
+
+    fused_processor = DeepSynthProcessor.from_pretrained(work / "tiny")
+    collator = run_instruct.RenderingCollator(fused_processor, constant_instruction="Answer.")
+    rows = [{"text": "Total: $9", "instruction": q, "answer": "$9"} for q in ("What is the total?", "Who signed?")]
+    a, b = collator(rows[:1]), collator(rows[1:])
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    assert torch.equal(a["instruction_input_ids"], b["instruction_input_ids"])
+    plain_collator = run_instruct.RenderingCollator(fused_processor)
+    assert not torch.equal(plain_collator(rows[:1])["instruction_input_ids"], plain_collator(rows[1:])["instruction_input_ids"])
+
+    # a dataset `text` that looks like a file name is content, not a path (a random-lines warm-up row crashed on it)
+    batch = plain_collator([{"text": "LxRpHsOg.epmH.MD", "instruction": "Free OCR.", "answer": "LxRpHsOg.epmH.MD"}])
+    assert batch["pixel_values"].shape[0] == 1

@@ -16,6 +16,7 @@ import sys
 from deepsynth.data.loading import load_instruction_dataset
 from deepsynth.evaluation.metrics import DEFAULT_METRICS, compute_metrics
 from deepsynth.inference.engine import InstructionEngine
+from processing_deepsynth import row_document  # noqa: E402  (top-level remote-code module, on sys.path via the engine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def document_of(row: dict):
-    """The row's document, as run_instruct.py reads it: text, else an image / document path (or decoded image)."""
-    return row.get("text") or row.get("image") or row.get("document")
-
-
 def evaluate(engine: InstructionEngine, rows, metrics, batch_size: int = 8, max_length: int = 64, temperature=None):
     """(metrics dict, per-row records) for an iterable of rows with a document, `instruction` and `answer`."""
     rows = list(rows)
@@ -49,7 +45,7 @@ def evaluate(engine: InstructionEngine, rows, metrics, batch_size: int = 8, max_
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         results = engine.generate_batch_results(
-            [document_of(r) for r in batch], [r["instruction"] for r in batch], max_length, temperature
+            [row_document(r) for r in batch], [r["instruction"] for r in batch], max_length, temperature
         )
         for i, (row, result) in enumerate(zip(batch, results), start):
             records.append({"index": i, "instruction": row["instruction"], "prediction": result.answer,

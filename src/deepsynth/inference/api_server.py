@@ -41,7 +41,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
-from .engine import InstructionEngine
+from .engine import DocumentText, InstructionEngine
 
 logger = logging.getLogger("deepsynth.api_server")
 
@@ -209,7 +209,7 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
             )
 
     def upload_document(file: UploadFile):
-        """Text files -> their text (as text); PDFs and images -> their bytes, for the processor."""
+        """Text files -> their text (as `DocumentText`); PDFs and images -> their bytes, for the processor."""
         suffix = Path(file.filename or "").suffix.lower()
         if suffix not in UPLOAD_SUFFIXES:
             kind = suffix or "(none)"
@@ -219,7 +219,7 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
             raise HTTPException(422, f"empty document: {file.filename} has no bytes")
         if suffix in TEXT_SUFFIXES:
             try:
-                return engine.text_pages(data.decode("utf-8"))
+                return DocumentText(data.decode("utf-8"))
             except UnicodeDecodeError as e:
                 raise HTTPException(422, f"{file.filename} is not UTF-8 text: {e}") from None
         return data
@@ -235,7 +235,7 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
     def answer(document, instruction, max_length, temperature) -> dict:
         with gate.slot(), client_errors():
             if isinstance(document, str):
-                document = engine.text_pages(document)
+                document = DocumentText(document)  # client text is text, never a server file name
             return engine.generate_result(document, instruction, max_length, temperature).to_dict()
 
     def stream(document, instruction, max_length, temperature) -> StreamingResponse:
@@ -243,7 +243,7 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
         try:
             with client_errors():  # bad input fails here, as a plain 4xx, before the event stream starts
                 if isinstance(document, str):
-                    document = engine.text_pages(document)
+                    document = DocumentText(document)
                 pieces = engine.stream(document, instruction, max_length, temperature)
         except BaseException:
             gate.release()

@@ -37,7 +37,7 @@ except ImportError:  # a source checkout run with PYTHONPATH=./src: the remote-c
     sys.path.insert(0, str(REPO_ROOT))
     import pipeline_deepsynth
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
-from processing_deepsynth import DeepSynthProcessor  # noqa: E402
+from processing_deepsynth import DeepSynthProcessor, DocumentText  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class GenerationResult:
 @dataclass
 class _Entry:
     image_features: torch.Tensor  # (n_image_tokens, D)
+    layout: dict | None = None  # images_spatial_crop + num_image_tokens: a hit by source key renders nothing
     prefix: object = None  # DynamicCache of `bos, <image> x n`, filled on the first single request
     prefix_length: int = 0
 
@@ -94,13 +95,14 @@ class DocumentCache:
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
-    def get(self, key: str) -> _Entry | None:
+    def get(self, key: str, count: bool = True) -> _Entry | None:
+        """The entry (most recently used now) or None; `count=False` looks without touching the hit statistics."""
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                self.misses += 1
+                self.misses += count
                 return None
-            self.hits += 1
+            self.hits += count
             self._entries.move_to_end(key)
             return entry
 
@@ -148,6 +150,33 @@ def document_key(example: dict) -> str:
             digest.update(f"{name}{tuple(view.shape)}{view.dtype}".encode())
             digest.update(view.numpy().tobytes())
     return digest.hexdigest()
+
+
+def source_key(document) -> str | None:
+    """A key for a document as the caller gave it, computed before rendering: text (by content), a file (path, size
+    and modification time), bytes (by content), or a list of those. None for pixels in memory (PIL images, arrays):
+    those are keyed by `document_key` after preprocessing. The engine's processor (mode, font, page size) is fixed,
+    so the source alone determines the pages."""
+    if isinstance(document, (list, tuple)):
+        parts = [source_key(part) for part in document]
+        return None if not parts or None in parts else _digest("list", "|".join(parts).encode())
+    if isinstance(document, os.PathLike) or (
+        isinstance(document, str) and not isinstance(document, DocumentText) and os.path.isfile(document)
+    ):
+        path = os.path.abspath(os.fspath(document))
+        if not os.path.isfile(path):
+            return None  # the processor reports the missing file
+        stat = os.stat(path)
+        return _digest("file", f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    if isinstance(document, str):
+        return _digest("text", document.encode("utf-8", "surrogatepass"))
+    if isinstance(document, (bytes, bytearray, memoryview)):
+        return _digest("bytes", bytes(document))
+    return None
+
+
+def _digest(kind: str, data: bytes) -> str:
+    return f"{kind}:" + hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
 def resolve_model_path(model_path) -> str:
@@ -374,8 +403,15 @@ class InstructionEngine:
             raise ValueError(f"instruction must be a non-empty string, got {instruction!r:.80}")
         if document is None or (isinstance(document, str) and not document.strip()):
             raise ValueError("document is empty")
+        key = source_key(document) if self.cache is not None else None
+        entry = self.cache.get(key, count=False) if key is not None else None
         with self._processor_lock:
-            return self.processor(document=document, instruction=instruction)
+            if entry is not None and entry.layout is not None:  # seen before: no rendering, no pixels
+                example = self.processor.encode_example(document, instruction, vision=entry.layout)
+            else:
+                example = self.processor(document=document, instruction=instruction)
+        example["cache_key"], example["cache_entry"] = key, entry  # the entry is held: eviction cannot lose it
+        return example
 
     def _run(self, examples: list[dict], generate_kwargs: dict, started: float) -> list[GenerationResult]:
         """One generate() call for all examples, under the model lock."""
@@ -410,13 +446,22 @@ class InstructionEngine:
 
     @torch.no_grad()
     def _entry(self, example: dict, prefix: bool) -> tuple[_Entry, bool]:
-        key = document_key(example)
-        entry = self.cache.get(key)
+        """The document's cache entry: by source key when the document had one (text, file, bytes), else by a hash
+        of its pixels."""
+        key = example.get("cache_key") or document_key(example)
+        entry = self.cache.get(key)  # counts the hit or miss
+        if entry is None and example.get("cache_entry") is not None:
+            entry = example["cache_entry"]  # evicted since _example() found it: still valid, no pixels to redo
         hit = entry is not None
         if entry is None:
             pixels = {k: example.get(k) for k in PIXEL_KEYS}
             pixels = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in pixels.items()}
-            entry = _Entry(torch.cat(self.model.get_image_features(**pixels)))
+            features = self.model.get_image_features(**pixels)  # P tensors (tokens of page p, D)
+            layout = {
+                "images_spatial_crop": example["images_spatial_crop"],
+                "num_image_tokens": torch.tensor([len(f) for f in features]),
+            }
+            entry = _Entry(torch.cat(features), layout)
         if prefix and entry.prefix is None:
             ids = torch.as_tensor(example["input_ids"], device=self.device).unsqueeze(0)
             # bos, <image> x n: the instruction-independent start of every prompt about this document.
@@ -433,4 +478,7 @@ class InstructionEngine:
         return entry, hit
 
 
-__all__ = ["DEFAULT_MODEL_PATH", "DocumentCache", "GenerationResult", "InstructionEngine", "TextStream", "document_key"]
+__all__ = [
+    "DEFAULT_MODEL_PATH", "DocumentCache", "DocumentText", "GenerationResult", "InstructionEngine", "TextStream",
+    "document_key", "source_key",
+]
