@@ -15,6 +15,8 @@ AdamW), the same step on cached vision features (what a frozen tower allows), in
 logits, no grad) and batched greedy decoding.
 """
 
+from pathlib import Path
+
 import torch
 
 import common as C
@@ -46,7 +48,12 @@ def main():
 
     cfg = C.load_config(args.config)
     model = C.build_model(cfg)
-    proc = C.make_processor(cfg, mode=args.mode)
+    if Path(args.config).is_dir() and (Path(args.config) / "processor_config.json").is_file():
+        from processing_deepsynth import DeepSynthProcessor  # a checkpoint: its own pages (e.g. the demo's 128 px)
+
+        proc = DeepSynthProcessor.from_pretrained(args.config)
+    else:
+        proc = C.make_processor(cfg, mode=args.mode)
     batch = make_batch(proc, batch_size)
     seq = batch["input_ids"].shape[1]
     inner = model.model

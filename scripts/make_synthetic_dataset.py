@@ -19,6 +19,7 @@ The folder loads back with `deepsynth.data.load_instruction_dataset("data/synthe
 
 import argparse
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -69,6 +70,12 @@ def main(argv=None) -> None:
     parser.add_argument("--task", default="instructions", choices=[*TASK_SETS, "random_lines"])
     parser.add_argument("--processor", type=Path, default=None, help="lay transcription rows out as this processor")
     parser.add_argument("--lines", default="1,2", help="random_lines: min,max lines per page")
+    parser.add_argument(
+        "--random-lines-fraction", type=float, default=0.0,
+        help="train split only: add this fraction (of --train) of random-character pages (3-8 lines, fresh seed), "
+        "shuffled in. They keep the decoder copying what it sees: digits 7-9 never end a training number's "
+        "integer part (that is the test_values split), but they do occur on these pages.",
+    )
     defaults = {"train": 5000, "validation": 300, "test_values": 300, "test_paraphrases": 300, "test_layouts": 300}
     for split in SPLITS:
         parser.add_argument(f"--{split.replace('_', '-')}", type=int, default=defaults[split], help=f"rows (default {defaults[split]}; 0 skips)")
@@ -87,6 +94,10 @@ def main(argv=None) -> None:
     for split, n in sizes.items():
         path = args.out / f"{split}.jsonl"
         rows = make_rows(args.task, split, n, args.seed, ip, lines)
+        if split == "train" and args.random_lines_fraction > 0:
+            extra = make_rows("random_lines", split, round(n * args.random_lines_fraction), args.seed + 1000, ip, (3, 8))
+            rows = rows + extra
+            random.Random(f"deepsynth-mix:{args.seed}").shuffle(rows)
         with open(path, "w") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -194,3 +194,21 @@ def test_build_dataset_dict_and_script(tmp_path):
     ]
     written = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text(encoding="utf-8").splitlines()]
     assert written == generate_split("train", 12, seed=5)
+
+    # stage C's mix: the same training rows plus a fraction of random-character pages, shuffled in, train only
+    mixed = tmp_path / "mixed"
+    args = ["--out", str(mixed), "--task", "mixed", "--train", "20", "--validation", "6", "--test-values", "0",
+            "--test-paraphrases", "0", "--test-layouts", "0", "--random-lines-fraction", "0.25"]
+    script.main(args)
+    train = [json.loads(line) for line in (mixed / "train.jsonl").read_text(encoding="utf-8").splitlines()]
+    random_rows = [r for r in train if r["doc_kind"] == "random_lines"]
+    assert len(train) == 25 and len(random_rows) == 5
+    assert {r["id"] for r in train} - {r["id"] for r in random_rows} == {
+        r["id"] for r in generate_split("train", 20, tasks=("qa", "extraction", "summary", "transcription", "transcription"))
+    }
+    assert [r["doc_kind"] for r in train[-5:]] != ["random_lines"] * 5  # shuffled in, not appended
+    assert all(3 <= r["answer"].count("\n") + 1 <= 8 and r["answer"] == r["text"] for r in random_rows)
+    validation = (mixed / "validation.jsonl").read_text(encoding="utf-8")
+    assert "random_lines" not in validation
+    script.main(args)
+    assert [json.loads(line) for line in (mixed / "train.jsonl").read_text(encoding="utf-8").splitlines()] == train
