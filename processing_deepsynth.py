@@ -245,6 +245,13 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         source = self.font_path()
         if os.path.abspath(source) != os.path.abspath(target):
             shutil.copyfile(source, target)
+            # the font's licence travels with it (DejaVu's licence asks for that): fonts/LICENSE or <stem>-LICENSE
+            stem = os.path.splitext(os.path.basename(self.font_file))[0]
+            for name in (f"{stem}-LICENSE", "LICENSE"):
+                licence = os.path.join(os.path.dirname(source), name)
+                if os.path.isfile(licence):
+                    shutil.copyfile(licence, os.path.join(save_directory, f"{stem}-LICENSE"))
+                    break
         return target
 
     def font_path(self) -> str:

@@ -73,9 +73,9 @@ def main():
         + f"\n\n**Document cache speed-up: {ratio:.1f}×** for {k} instructions on one document (paired median).\n\n"
         "Per-request latency (median over rounds):\n\n"
         + C.md_table(["request", "ms", "samples"], lat)
-        + "\n\nWhat a hit skips: rendering still runs (the cache key is a hash of the pixels), the vision encoder and "
-        "the prefill of the document prefix do not; the instruction encoder, the instruction tokens and the answer "
-        "do. Target ≥ 4×."
+        + "\n\nWhat a hit skips: rendering and preprocessing (the cache is keyed on the document's source: text, "
+        "bytes, or a file's path, size and mtime), the vision encoder and the prefill of the document prefix; the "
+        "instruction encoder, the instruction tokens and the answer still run. Target ≥ 4×."
     )
     C.finish(args, "Document cache: 8 instructions on one document", body,
              {"ratio": ratio, "same_answers": same, "times": times, "per_request": per_request})

@@ -596,6 +596,9 @@ def test_checkpoint_without_its_font_fails_loudly(tmp_path):
     proc.save_pretrained(tmp_path)
     reloaded = DeepSynthProcessor.from_pretrained(tmp_path)
     assert reloaded.image_processor.font_path() == str(tmp_path / "DejaVuSans.ttf")
+    assert "Bitstream Vera" in (tmp_path / "DejaVuSans-LICENSE").read_text()  # the font's licence travels with it
+    reloaded.save_pretrained(tmp_path / "again")  # and from a checkpoint onwards
+    assert (tmp_path / "again" / "DejaVuSans-LICENSE").read_bytes() == (tmp_path / "DejaVuSans-LICENSE").read_bytes()
     assert (
         reloaded(document="same", instruction="x")["input_ids"] == proc(document="same", instruction="x")["input_ids"]
     )

