@@ -52,8 +52,11 @@ def main():
         from processing_deepsynth import DeepSynthProcessor  # a checkpoint: its own pages (e.g. the demo's 128 px)
 
         proc = DeepSynthProcessor.from_pretrained(args.config)
+        ip = proc.image_processor
+        pages = f"its own {ip.base_size}-px pages"
     else:
         proc = C.make_processor(cfg, mode=args.mode)
+        pages = f"{args.mode} pages"
     batch = make_batch(proc, batch_size)
     seq = batch["input_ids"].shape[1]
     inner = model.model
@@ -129,7 +132,7 @@ def main():
             })
     times = C.interleave(fns, repeats)
     labels = {
-        "train": f"training step (fwd+bwd+AdamW), batch {batch_size} x {seq} tokens, {args.mode} pages"
+        "train": f"training step (fwd+bwd+AdamW), batch {batch_size} x {seq} tokens, {pages}"
                  + (", vision trained" if args.train_vision else ", vision + instruction encoder frozen"),
         "train_cached": "same step on cached vision features (no SAM/CLIP)",
         "prefill": f"inference prefill (pixels -> logits), batch {batch_size}",
@@ -170,7 +173,7 @@ def main():
         + ".\n\n"
         "Target: training-step MFU ≥ 35% for the demo config."
     )
-    res.update(config=C.describe_config(cfg), batch=batch_size, seq=seq, mode=args.mode)
+    res.update(config=C.describe_config(cfg), batch=batch_size, seq=seq, mode=pages)
     C.finish(args, f"Model-FLOPs utilisation (config `{args.config}`)", body, res)
 
 
