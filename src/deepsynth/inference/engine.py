@@ -8,11 +8,12 @@ The engine is thin: the processor renders and tokenizes, the model generates, an
 checkpoint's pipeline code) scores and decodes (`generate_with_scores`, `decode_answers`). What the engine adds is
 serving: one model worker (a lock; concurrent callers queue), a document cache, real batching, streaming.
 
-Document cache: the key is a hash of the document's rendered pixel tensors (same pixels = same vision features,
-whatever form the document came in). An entry holds the vision features (`image_features=` replaces the vision
-encoder) and, for single requests, the decoder's KV cache of the instruction-independent prompt prefix
-`bos, <image> x n` (generate() then only runs the instruction and answer tokens on a copy of it). Rendering is
-repeated (cheap); the vision encoder and the document prefill are not. LRU, bounded by entries and bytes.
+Document cache: the key is the document's source (`source_key`: text or bytes by content, a file by path + size +
+mtime), computed before rendering, so a hit renders nothing; PIL images and arrays fall back to a hash of their
+rendered pixels (`document_key`). An entry holds the page layout, the vision features (`image_features=` replaces
+the vision encoder) and, for single requests, the decoder's KV cache of the instruction-independent prompt prefix
+`bos, <image> x n` (generate() then only runs the instruction and answer tokens on a copy of it). LRU, bounded by
+entries and bytes.
 """
 
 import copy
