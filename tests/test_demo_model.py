@@ -85,3 +85,11 @@ def test_pipeline_loads_the_committed_checkpoint_in_a_fresh_process(engine):
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = engine.generate(EXAMPLE.read_text(), "Transcribe the document.", max_length=160)
     assert proc.stdout.strip().splitlines()[-1] == repr(expected)
+
+
+@pytest.mark.parametrize("name", ["configuration_deepsynth.py", "modeling_deepsynth.py", "processing_deepsynth.py",
+                                  "pipeline_deepsynth.py"])
+def test_committed_checkpoint_carries_the_current_remote_code(name):
+    """pipeline(model=DEMO, trust_remote_code=True) runs the checkpoint's copy: after editing the top-level file,
+    copy it into checkpoints/deepsynth-demo (the weights do not change)."""
+    assert (DEMO / name).read_bytes() == (REPO_ROOT / name).read_bytes(), f"cp {name} checkpoints/deepsynth-demo/"
