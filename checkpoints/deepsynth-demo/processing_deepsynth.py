@@ -99,6 +99,14 @@ class DocumentText(str):
     such as "notes.md" is content, not a file to open."""
 
 
+def names_a_file(document) -> bool:
+    """True when a document is read as a file: a path object, or a plain str naming an existing file (a
+    `DocumentText` never is)."""
+    if isinstance(document, os.PathLike):
+        return True
+    return isinstance(document, str) and not isinstance(document, DocumentText) and os.path.isfile(document)
+
+
 def row_document(row: dict):
     """The document of a dataset row: its `text` column (always text), else an image / document path or a decoded
     image (`image`, `document`)."""
@@ -455,13 +463,12 @@ class DeepSynthImageProcessor(BaseImageProcessor):
             return [self._from_array(doc)]
         if isinstance(doc, (bytes, bytearray, memoryview)):
             return self._from_bytes(bytes(doc), "document bytes")
-        if isinstance(doc, DocumentText):
-            return self._text_pages(doc)
-        if isinstance(doc, os.PathLike) or (isinstance(doc, str) and os.path.isfile(doc)):
+        if names_a_file(doc):
             return self._from_file(os.fspath(doc))
         if isinstance(doc, str):
             if (
-                "\n" not in doc
+                not isinstance(doc, DocumentText)
+                and "\n" not in doc
                 and " " not in doc.strip()
                 and os.path.splitext(doc.strip())[1].lower() in DOCUMENT_SUFFIXES
             ):

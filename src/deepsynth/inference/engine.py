@@ -38,7 +38,7 @@ except ImportError:  # a source checkout run with PYTHONPATH=./src: the remote-c
     sys.path.insert(0, str(REPO_ROOT))
     import pipeline_deepsynth
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
-from processing_deepsynth import DeepSynthProcessor, DocumentText  # noqa: E402
+from processing_deepsynth import DeepSynthProcessor, DocumentText, names_a_file  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -161,9 +161,7 @@ def source_key(document) -> str | None:
     if isinstance(document, (list, tuple)):
         parts = [source_key(part) for part in document]
         return None if not parts or None in parts else _digest("list", "|".join(parts).encode())
-    if isinstance(document, os.PathLike) or (
-        isinstance(document, str) and not isinstance(document, DocumentText) and os.path.isfile(document)
-    ):
+    if names_a_file(document):  # the processor's own rule for "this is a file"
         path = os.path.abspath(os.fspath(document))
         if not os.path.isfile(path):
             return None  # the processor reports the missing file
@@ -369,12 +367,7 @@ class InstructionEngine:
         page limit is checked before anything is drawn."""
         if not isinstance(text, str):
             raise ValueError(f"text must be a string, got {type(text).__name__}")
-        images = self.processor.image_processor
-        with self._processor_lock:
-            pages = images.layout_text(text)
-            if len(pages) > images.max_pages and not images.truncate_pages:
-                raise ValueError(f"document has {len(pages)} pages, more than max_pages={images.max_pages}")
-            return [images.draw_page(lines) for lines in pages[: images.max_pages]]
+        return self.load_pages(DocumentText(text))
 
     def load_pages(self, document) -> list:
         """The page images the model sees for `document` (before resizing to views): for previews."""
