@@ -330,7 +330,7 @@ def build_model_and_processor(args: ModelArguments, image_mode: str | None = Non
             )
         if not args.use_text_encoder and fused:
             model, processor = drop_instruction_encoder(model, args.processor_name_or_path or args.model_name_or_path)
-        elif args.text_encoder_model:
+        elif args.use_text_encoder and args.text_encoder_model:
             model.load_instruction_encoder(resolve_encoder_name(args.text_encoder_model))
     elif args.config_name:
         config = DeepSynthConfig.from_json_file(args.config_name)

@@ -7,6 +7,8 @@ Tasks (`--task`):
     instructions   QA / extraction / summary rows (default; unchanged)
     transcription  "Transcribe the document." -> the document text (reading stage B)
     mixed          QA / extraction / summary + 40% transcription rows (stage C: keeps reading alive)
+    answering      1/3 Q&A, 1/3 extraction, 1/6 summary, 1/6 transcription (stage D: more answering steps
+                   without forgetting summaries or reading)
     random_lines   reading warm-up: `--lines` lines of random characters -> the same text (stage A); the
                    document-kind splits do not apply, every split is fresh random pages (own seed per split)
 
@@ -33,6 +35,7 @@ TASK_SETS = {
     "instructions": TASKS,
     "transcription": ("transcription",),
     "mixed": TASKS + ("transcription", "transcription"),
+    "answering": ("qa", "extraction", "qa", "extraction", "summary", "transcription"),
 }
 
 

@@ -292,6 +292,13 @@ def test_ablation_switches_fusion_off_random_encoder_constant_instruction(work):
     example = processor.encode_example("Revenue: $4M", "What was the revenue?")
     assert "What was the revenue?" in processor.tokenizer.decode(example["input_ids"])
     assert "instruction_input_ids" not in example
+    # the next stage continues from that plain checkpoint with the same config (which names the encoder)
+    plain.save_pretrained(work / "plain")
+    processor.save_pretrained(work / "plain")
+    args = run_instruct.ModelArguments(model_name_or_path=str(work / "plain"), use_text_encoder=False,
+                                       text_encoder_model="minilm")
+    again, _ = run_instruct.build_model_and_processor(args)
+    assert again.config.instruction_fusion == "none" and again.model.instruction_encoder is None
 
     # (d) random encoder: same architecture, fresh weights, everything else as loaded
     args = run_instruct.ModelArguments(model_name_or_path=str(work / "tiny"), text_encoder_random_init=True)

@@ -3,6 +3,7 @@ import json
 import pathlib
 import re
 import sys
+from collections import Counter
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "src"))
 
@@ -212,3 +213,10 @@ def test_build_dataset_dict_and_script(tmp_path):
     assert "random_lines" not in validation
     script.main(args)
     assert [json.loads(line) for line in (mixed / "train.jsonl").read_text(encoding="utf-8").splitlines()] == train
+
+    # stage D's mix: twice as many Q&A and extraction rows as summaries or transcriptions
+    answering = tmp_path / "answering"
+    script.main(["--out", str(answering), "--task", "answering", "--train", "60", "--validation", "0",
+                 "--test-values", "0", "--test-paraphrases", "0", "--test-layouts", "0"])
+    tasks = Counter(json.loads(line)["task"] for line in (answering / "train.jsonl").read_text().splitlines())
+    assert tasks == {"qa": 20, "extraction": 20, "summary": 10, "transcription": 10}

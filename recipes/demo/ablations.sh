@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# The demo model's ablation (issue 7): stage C again from the same stage-B checkpoint, same data, steps and seed,
-# with one thing changed; then every variant is scored on the held-out splits by evaluate_demo.py.
-#   (a) fusion on          recipes/demo/stage_c.json as is (runs/demo/C, trained by the main recipe)
+# The demo model's ablation (issue 7): stages C and D again from the same stage-B checkpoint, same data, steps and
+# seed, with one thing changed; then every variant's stage-D model is scored on the held-out splits.
+#   (a) fusion on          recipes/demo/stage_c.json + stage_d.json as they are (runs/demo/C, runs/demo/D)
 #   (b) fusion off         the instruction only as decoder text (the encoder is dropped from the B checkpoint)
 #   (c) no instruction     every row's instruction replaced by one fixed text (no task information at all)
 #   (d) random encoder     MiniLM's architecture and tokenizer with random weights, frozen like MiniLM
+# A stage whose final model is already saved is not rerun; a killed stage resumes from its last checkpoint.
 # Usage (repo root, venv active): bash recipes/demo/ablations.sh [b c d]
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p runs/demo/logs runs/demo/eval
-common=(--config recipes/demo/stage_c.json --do_predict False)
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(b c d)
 for variant in "${variants[@]}"; do
   case $variant in
-    b) out=runs/demo/C_no_fusion;       label="(b) fusion off: instruction as decoder text"
+    b) name=no_fusion;       label="(b) fusion off: instruction as decoder text"
        args=(--use_text_encoder False) ;;
-    c) out=runs/demo/C_no_instruction;  label="(c) no instruction"
+    c) name=no_instruction;  label="(c) no instruction"
        args=(--use_text_encoder False --constant_instruction "Answer.") ;;
-    d) out=runs/demo/C_random_encoder;  label="(d) random frozen encoder"
+    d) name=random_encoder;  label="(d) random frozen encoder"
        args=(--text_encoder_random_init True) ;;
     *) echo "unknown variant $variant (b, c or d)" >&2; exit 2 ;;
   esac
-  python run_instruct.py "${common[@]}" "${args[@]}" --output_dir "$out" > "runs/demo/logs/C_$variant.log" 2>&1
+  stage_c=runs/demo/C_$name stage_d=runs/demo/D_$name
+  [ -f "$stage_c/model.safetensors" ] ||
+    python run_instruct.py --config recipes/demo/stage_c.json --do_predict False "${args[@]}" \
+        --output_dir "$stage_c" > "runs/demo/logs/C_$variant.log" 2>&1
+  [ -f "$stage_d/model.safetensors" ] ||
+    python run_instruct.py --config recipes/demo/stage_d.json "${args[@]}" --model_name_or_path "$stage_c" \
+        --processor_name_or_path "$stage_c" --output_dir "$stage_d" > "runs/demo/logs/D_$variant.log" 2>&1
   extra=()
   [ "$variant" = c ] && extra=(--constant-instruction "Answer.")
-  python recipes/demo/evaluate_demo.py --model "$out" --label "$label" "${extra[@]}" \
+  python recipes/demo/evaluate_demo.py --model "$stage_d" --label "$label" "${extra[@]}" \
       --out "runs/demo/eval/$variant.json" > "runs/demo/logs/eval_$variant.log" 2>&1
 done
