@@ -220,3 +220,21 @@ def test_build_dataset_dict_and_script(tmp_path):
                  "--test-values", "0", "--test-paraphrases", "0", "--test-layouts", "0"])
     tasks = Counter(json.loads(line)["task"] for line in (answering / "train.jsonl").read_text().splitlines())
     assert tasks == {"qa": 20, "extraction": 20, "summary": 10, "transcription": 10}
+
+
+def test_invented_names_are_new_to_every_split_and_leave_the_default_data_alone():
+    """Stage E's data: documents with made-up names (the model must copy them), never a held-out value."""
+    invented = generate_split("train", 300, seed=4, invented_names=0.5)
+    assert generate_split("train", 300, seed=4) == generate_split("train", 300, seed=4, invented_names=0.0)
+    def words(rows):
+        return {w for r in rows for w in re.findall(r"\b[A-Z][a-z]+\b", r["text"])}
+
+    usual = words(generate_split("train", 3000, seed=0))  # the training pools and every template word
+    assert len(words(generate_split("train", 300, seed=4)) - usual) == 0
+    assert len(words(invented) - usual) > 300  # about half of 300 documents, several made-up names each
+    train_text = "\n".join(r["text"] for r in invented)
+    for _, doc in iter_examples("test_values", 300, seed=0):
+        for value in doc.values():
+            assert value not in train_text, value
+    with pytest.raises(ValueError, match="train and validation"):
+        generate_split("test_values", 5, invented_names=0.5)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo model's ablation (issue 7): stages C and D again from the same stage-B checkpoint, same data, steps and
-# seed, with one thing changed; then every variant's stage-D model is scored on the held-out splits.
-#   (a) fusion on          recipes/demo/stage_c.json + stage_d.json as they are (runs/demo/C, runs/demo/D)
+# The demo model's ablation (issue 7): stages C, D and E again from the same stage-B checkpoint, same data, steps and
+# seed, with one thing changed; then every variant's final model is scored on the held-out splits.
+#   (a) fusion on          recipes/demo/stage_{c,d,e}.json as they are (runs/demo/C, D, E)
 #   (b) fusion off         the instruction only as decoder text (the encoder is dropped from the B checkpoint)
 #   (c) no instruction     every row's instruction replaced by one fixed text (no task information at all)
 #   (d) random encoder     MiniLM's architecture and tokenizer with random weights, frozen like MiniLM
@@ -22,15 +22,16 @@ for variant in "${variants[@]}"; do
        args=(--text_encoder_random_init True) ;;
     *) echo "unknown variant $variant (b, c or d)" >&2; exit 2 ;;
   esac
-  stage_c=runs/demo/C_$name stage_d=runs/demo/D_$name
-  [ -f "$stage_c/model.safetensors" ] ||
-    python run_instruct.py --config recipes/demo/stage_c.json --do_predict False "${args[@]}" \
-        --output_dir "$stage_c" > "runs/demo/logs/C_$variant.log" 2>&1
-  [ -f "$stage_d/model.safetensors" ] ||
-    python run_instruct.py --config recipes/demo/stage_d.json "${args[@]}" --model_name_or_path "$stage_c" \
-        --processor_name_or_path "$stage_c" --output_dir "$stage_d" > "runs/demo/logs/D_$variant.log" 2>&1
+  from=()  # stage C starts from the B checkpoint named in stage_c.json; each later stage from this variant's last
+  for stage in C D E; do
+    out=runs/demo/${stage}_$name
+    [ -f "$out/model.safetensors" ] ||
+      python run_instruct.py --config "recipes/demo/stage_${stage,,}.json" --do_predict False "${args[@]}" "${from[@]}" \
+          --output_dir "$out" > "runs/demo/logs/${stage}_$variant.log" 2>&1
+    from=(--model_name_or_path "$out" --processor_name_or_path "$out")
+  done
   extra=()
   [ "$variant" = c ] && extra=(--constant-instruction "Answer.")
-  python recipes/demo/evaluate_demo.py --model "$stage_d" --label "$label" "${extra[@]}" \
+  python recipes/demo/evaluate_demo.py --model "$out" --label "$label" "${extra[@]}" \
       --out "runs/demo/eval/$variant.json" > "runs/demo/logs/eval_$variant.log" 2>&1
 done

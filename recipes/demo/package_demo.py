@@ -1,8 +1,8 @@
 """Write the committed demo checkpoint: weights stored in float16 (loaded back as float32), processor, remote code,
 pipeline declaration and a model card whose tables come from `evaluate_demo.py` reports.
 
-    python recipes/demo/package_demo.py --model runs/demo/C --out checkpoints/deepsynth-demo \
-        --reports runs/demo/eval/a_fusion.json runs/demo/eval/b_no_fusion.json ... --recipe-minutes 75
+    python recipes/demo/package_demo.py --model runs/demo/D --out checkpoints/deepsynth-demo \
+        --reports runs/demo/eval/a.json runs/demo/eval/b.json ... --recipe-minutes 91
 
 float16 halves the file (the frozen MiniLM encoder is 22.7M of the 24.1M parameters): 48 MB instead of 96 MB.
 `config.json` keeps `dtype: float32`, so from_pretrained / pipeline() upcast on load (fp16 matmuls are slow on CPUs).
@@ -48,7 +48,7 @@ Qwen weights on a GPU (repository README, "The demo model").
 | parameters | {params:.1f}M ({encoder:.1f}M frozen MiniLM, {trained:.2f}M trained) |
 | pages | up to 4 pages of 128x128 px (8 lines x ~20 characters each), 73 vision tokens a page |
 | weights | stored float16, loaded float32 |
-| training | `recipes/demo` (stages A reading warm-up, B transcription, C instructions), {minutes} min on 2 CPU cores |
+| training | `recipes/demo` (stages A reading warm-up, B transcription, C instructions, D more answering), {minutes} min on 2 CPU cores |
 
 ## Use
 
@@ -67,7 +67,7 @@ character error rate on fresh pages (lower is better). 80 rows per split and tas
 
 {main_table}
 
-### Ablation (same stages A and B; stage C with the same data, steps and seed)
+### Ablation (same stages A and B; stages C and D with the same data, steps and seed)
 
 (a) fusion on: the instruction reaches the decoder only through MiniLM; (b) fusion off: no encoder, the
 instruction is decoder text; (c) no instruction: every instruction replaced by one fixed text; (d) random
@@ -101,10 +101,10 @@ def package(model_dir: str, out: str, reports: list[str], minutes: str, notes: s
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="the trained stage-C folder")
+    parser.add_argument("--model", required=True, help="the trained final-stage folder (runs/demo/D)")
     parser.add_argument("--out", default="checkpoints/deepsynth-demo")
     parser.add_argument("--reports", nargs="*", default=[], help="evaluate_demo.py JSON reports, fusion-on first")
-    parser.add_argument("--recipe-minutes", default="?", help="wall time of stages A+B+C")
+    parser.add_argument("--recipe-minutes", default="?", help="wall time of all stages")
     parser.add_argument("--notes", default="", help="markdown appended to the card (what was measured, caveats)")
     args = parser.parse_args(argv)
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else args.notes

@@ -87,6 +87,26 @@ class Pools:
 
 TRAIN_POOLS = Pools(_TRAIN_FIRST, _TRAIN_LAST, _TRAIN_STEMS, _TRAIN_PRODUCTS, _TRAIN_DIGITS)
 HELDOUT_POOLS = Pools(_HELDOUT_FIRST, _HELDOUT_LAST, _HELDOUT_STEMS, _HELDOUT_PRODUCTS, _HELDOUT_DIGITS)
+_HELDOUT_NAMES = _HELDOUT_FIRST + _HELDOUT_LAST + _HELDOUT_STEMS + _HELDOUT_PRODUCTS
+
+
+def _invented_word(rng: random.Random, syllables: tuple[int, int]) -> str:
+    """A pronounceable made-up name ("Davkulo", "Yrex") that contains no held-out name."""
+    while True:
+        word = "".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiouy") + rng.choice(("", "", "n", "r", "l", "s", "x"))
+                       for _ in range(rng.randint(*syllables))).capitalize()
+        if not any(name in word for name in _HELDOUT_NAMES):
+            return word
+
+
+def invented_pools(rng: random.Random) -> Pools:
+    """Training pools of made-up names for one document: a small model memorises a fixed pool of 20 company stems
+    and writes them back instead of reading the page; names it can only copy teach it to copy. Digits stay
+    the training digits, so the held-out-values split remains unseen."""
+    def words(k, syllables):
+        return tuple(_invented_word(rng, syllables) for _ in range(k))
+
+    return Pools(words(4, (1, 2)), words(4, (2, 3)), words(3, (2, 3)), words(2, (1, 2)), _TRAIN_DIGITS)
 
 # --- instruction templates: (id, text); "t" = training, "h" = held-out paraphrases ----------
 
@@ -435,11 +455,14 @@ def _make_task(task: str, doc: Document, text: str, template_set: str, rng: rand
     return templates[index].format(f=focus), doc.summaries[focus], template_id
 
 
-def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS):
+def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0):
     """Yield (row, document) pairs; `generate_split` keeps the rows. Tests use the documents. `tasks` are cycled
-    (default: qa, extraction, summary; add "transcription" for reading rows, see ALL_TASKS)."""
+    (default: qa, extraction, summary; add "transcription" for reading rows, see ALL_TASKS). `invented_names`
+    (train and validation only): this fraction of documents takes its names from `invented_pools`."""
     if split not in _SPLIT_CONFIG:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
+    if invented_names and split not in ("train", "validation"):
+        raise ValueError(f"invented_names applies to the train and validation splits, not {split!r}")
     if not tasks or any(t not in ALL_TASKS for t in tasks):
         raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS}, got {tasks!r}")
     pools, template_set, layouts = _SPLIT_CONFIG[split]
@@ -449,7 +472,9 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS):
         # Cycle kinds and tasks so that every 15 rows cover every (kind, task) pair.
         kind, task = DOC_KINDS[i % len(DOC_KINDS)], tasks[(i // len(DOC_KINDS)) % len(tasks)]
         layout = rng.choice(layouts)
-        doc = make_document(kind, rng, pools)
+        # Draw nothing extra unless asked, so existing datasets stay byte for byte what they were.
+        invent = invented_names > 0 and rng.random() < invented_names
+        doc = make_document(kind, rng, invented_pools(rng) if invent else pools)
         text = render(doc, layout)
         instruction, answer, template_id = _make_task(task, doc, text, template_set, rng)
         row = {
@@ -465,9 +490,9 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS):
         yield row, doc
 
 
-def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS) -> list[dict]:
+def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0) -> list[dict]:
     """`n` rows of `split` with keys id, text, instruction, answer, task, doc_kind, layout, template_id."""
-    return [row for row, _ in iter_examples(split, n, seed, tasks)]
+    return [row for row, _ in iter_examples(split, n, seed, tasks, invented_names)]
 
 
 def random_lines_split(
