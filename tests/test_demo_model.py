@@ -1,8 +1,8 @@
 """The committed demo model (checkpoints/deepsynth-demo, issue 7), on held-out documents: names and numbers it never
 saw in training, read from rendered pixels. What it measurably does (model card): it transcribes unseen pages
-(CER ~0.2) and the instruction, through the frozen MiniLM, picks the kind of answer; it does NOT yet answer
-questions exactly (held-out Q&A exact match ~1-5%). The assertions pin what it does, against baselines that a model
-ignoring the page or the instruction would sit at."""
+(CER ~0.2), the instruction, through the frozen MiniLM, picks the kind of answer, and it answers about one held-out
+question in nine exactly (Q&A exact match ~11%, far below the 95% goal). The assertions pin what it does, against
+baselines that a model ignoring the page or the instruction would sit at."""
 
 import subprocess
 import sys
@@ -56,6 +56,29 @@ def test_heldout_answers_come_from_their_own_page(engine):
     own = sum(similarity(a, r["answer"]) for a, r in zip(answers, rows)) / len(rows)
     other = sum(similarity(a, r["answer"]) for a, r in zip(answers, rows[1:] + rows[:1])) / len(rows)
     assert own > other + 0.15, (own, other, list(zip(answers, [r["answer"] for r in rows]))[:6])
+
+
+def exact_heldout_answers(engine, rows, max_length, documents=None) -> list[tuple[str, str]]:
+    """(prediction, gold) where the model wrote exactly the gold answer and that answer occurs in no training
+    document (a memorised or guessable answer such as "2-year" does not count)."""
+    documents = documents or [r["text"] for r in rows]
+    answers = engine.generate_batch(documents, [r["instruction"] for r in rows], max_length=max_length)
+    return [(a, r["answer"]) for a, r in zip(answers, rows) if a.strip() == r["answer"] and r["answer"] not in TRAIN_TEXT]
+
+
+TRAIN_TEXT = "\n".join(r["text"] for r in generate_split("train", 3000, seed=0))
+
+
+@pytest.mark.parametrize("task,max_length,at_least", [("qa", 32, 3), ("extraction", 96, 2)])
+def test_answers_some_heldout_questions_exactly(engine, task, max_length, at_least):
+    """Exact answers made of names and numbers that never occurred in training can only come from reading the
+    page. Measured on these 40 rows: Q&A 4, extraction 3 (issue 7 asks for 95%; the model card says so). Shown
+    another row's page instead, the same questions get none of these answers."""
+    rows = heldout(task, 40)
+    exact = exact_heldout_answers(engine, rows, max_length)
+    assert len(exact) >= at_least, exact
+    other_pages = [r["text"] for r in rows[1:] + rows[:1]]
+    assert exact_heldout_answers(engine, rows, max_length, other_pages) == []
 
 
 def test_the_instruction_picks_the_kind_of_answer(engine):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The demo model's ablation (issue 7): stages C, D and E again from the same stage-B checkpoint, same data, steps and
-# seed, with one thing changed; then every variant's final model is scored on the held-out splits.
-#   (a) fusion on          recipes/demo/stage_{c,d,e}.json as they are (runs/demo/C, D, E)
+# The demo model's ablation (issue 7): stages C and D again from the same stage-B checkpoint, same data, steps and
+# seed, with one thing changed; then every variant's stage-D model is scored on the held-out splits.
+#   (a) fusion on          recipes/demo/stage_c.json and stage_d.json as they are (runs/demo/C, runs/demo/D)
 #   (b) fusion off         the instruction only as decoder text (the encoder is dropped from the B checkpoint)
 #   (c) no instruction     every row's instruction replaced by one fixed text (no task information at all)
 #   (d) random encoder     MiniLM's architecture and tokenizer with random weights, frozen like MiniLM
@@ -23,7 +23,7 @@ for variant in "${variants[@]}"; do
     *) echo "unknown variant $variant (b, c or d)" >&2; exit 2 ;;
   esac
   from=()  # stage C starts from the B checkpoint named in stage_c.json; each later stage from this variant's last
-  for stage in C D E; do
+  for stage in C D; do
     out=runs/demo/${stage}_$name
     [ -f "$out/model.safetensors" ] ||
       python run_instruct.py --config "recipes/demo/stage_${stage,,}.json" --do_predict False "${args[@]}" "${from[@]}" \
