@@ -29,7 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from deepsynth.data.synthetic import SPLITS, TASKS, build_dataset_dict, generate_split, random_lines_split  # noqa: E402
+from deepsynth.data.synthetic import (  # noqa: E402
+    INVENTED_NAMES_SPLITS, SPLITS, TASKS, build_dataset_dict, generate_split, random_lines_split,
+)
 
 TASK_SETS = {
     "instructions": TASKS,
@@ -61,7 +63,7 @@ def make_rows(task, split, n, seed, ip=None, lines=(1, 2), invented_names=0.0):
             fits = lambda s: ip._width(font, s) <= room  # noqa: E731
         return random_lines_split(split, n, seed, lines=lines, fits=fits)
     rows = generate_split(split, n, seed, tasks=TASK_SETS[task],
-                          invented_names=invented_names if split in ("train", "validation") else 0.0)
+                          invented_names=invented_names if split in INVENTED_NAMES_SPLITS else 0.0)
     if ip is not None:
         rows = [as_rendered(r, ip) if r["task"] == "transcription" else r for r in rows]
     return rows

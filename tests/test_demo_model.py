@@ -4,6 +4,7 @@ saw in training, read from rendered pixels. What it measurably does (model card)
 question in nine exactly (Q&A exact match ~11%, far below the 95% goal). The assertions pin what it does, against
 baselines that a model ignoring the page or the instruction would sit at."""
 
+import functools
 import subprocess
 import sys
 
@@ -58,15 +59,18 @@ def test_heldout_answers_come_from_their_own_page(engine):
     assert own > other + 0.15, (own, other, list(zip(answers, [r["answer"] for r in rows]))[:6])
 
 
+@functools.cache
+def training_text() -> str:
+    return "\n".join(r["text"] for r in generate_split("train", 3000, seed=0))
+
+
 def exact_heldout_answers(engine, rows, max_length, documents=None) -> list[tuple[str, str]]:
     """(prediction, gold) where the model wrote exactly the gold answer and that answer occurs in no training
     document (a memorised or guessable answer such as "2-year" does not count)."""
     documents = documents or [r["text"] for r in rows]
     answers = engine.generate_batch(documents, [r["instruction"] for r in rows], max_length=max_length)
-    return [(a, r["answer"]) for a, r in zip(answers, rows) if a.strip() == r["answer"] and r["answer"] not in TRAIN_TEXT]
-
-
-TRAIN_TEXT = "\n".join(r["text"] for r in generate_split("train", 3000, seed=0))
+    seen = training_text()
+    return [(a, r["answer"]) for a, r in zip(answers, rows) if a.strip() == r["answer"] and r["answer"] not in seen]
 
 
 @pytest.mark.parametrize("task,max_length,at_least", [("qa", 32, 3), ("extraction", 96, 2)])

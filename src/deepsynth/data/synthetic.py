@@ -88,6 +88,7 @@ class Pools:
 TRAIN_POOLS = Pools(_TRAIN_FIRST, _TRAIN_LAST, _TRAIN_STEMS, _TRAIN_PRODUCTS, _TRAIN_DIGITS)
 HELDOUT_POOLS = Pools(_HELDOUT_FIRST, _HELDOUT_LAST, _HELDOUT_STEMS, _HELDOUT_PRODUCTS, _HELDOUT_DIGITS)
 _HELDOUT_NAMES = _HELDOUT_FIRST + _HELDOUT_LAST + _HELDOUT_STEMS + _HELDOUT_PRODUCTS
+INVENTED_NAMES_SPLITS = ("train", "validation")  # the splits whose documents may take made-up names
 
 
 def _invented_word(rng: random.Random, syllables: tuple[int, int]) -> str:
@@ -461,8 +462,8 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
     (train and validation only): this fraction of documents takes its names from `invented_pools`."""
     if split not in _SPLIT_CONFIG:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-    if invented_names and split not in ("train", "validation"):
-        raise ValueError(f"invented_names applies to the train and validation splits, not {split!r}")
+    if invented_names and split not in INVENTED_NAMES_SPLITS:
+        raise ValueError(f"invented_names applies to the {' and '.join(INVENTED_NAMES_SPLITS)} splits, not {split!r}")
     if not tasks or any(t not in ALL_TASKS for t in tasks):
         raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS}, got {tasks!r}")
     pools, template_set, layouts = _SPLIT_CONFIG[split]
