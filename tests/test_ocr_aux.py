@@ -94,6 +94,27 @@ def test_lines_sit_on_vision_token_rows_and_cell_labels_match_the_glyphs():
     assert tiled.cell_grid() is None and (tiled.char_cell_labels("hello") == -100).all()
 
 
+def test_fixed_character_pitch_puts_the_same_character_slots_in_every_vision_cell():
+    ip = image_processor(page_width=128, page_height=128, base_size=128, image_size=128, margin=0,
+                         font_file="DejaVuSansMono.ttf", font_size=13, char_pitch=8, ocr_cell_slots=2)
+    # 16 characters a line (128 px / 8): wrapping counts characters, not the font's advances
+    text = "Wm1i WWWW mmmm iiii\nabcdefghijklmnopqrstuvwxyz"
+    assert ip.layout_text(text) == [["Wm1i WWWW mmmm", "iiii", "abcdefghijklmnop", "qrstuvwxyz"]]
+    cells = decode_cells(ip, ip.char_cell_labels(text)[0])
+    assert cells[0][:5] == ["Wm", "1i", "W", "WW", "W"] and cells[2] == ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op"]
+    ink = np.asarray(ip.render_text(text)[0].convert("L")) < 128
+    for j, ch in enumerate("abcdefghijklmnop"):  # glyph j is drawn inside its own 8-px slot of row 2
+        assert ink[32:48, 8 * j:8 * (j + 1)].any(), ch
+    # the same glyph looks the same in every slot: the page is a grid of identical tiles per character
+    same = ip.render_text("aXa\n a")[0].convert("L")
+    tiles = np.asarray(same)
+    assert (tiles[0:16, 0:8] == tiles[0:16, 16:24]).all() and (tiles[0:16, 0:8] == tiles[16:32, 8:16]).all()
+    # it is saved with the processor, and a pitch wider than the text area is refused
+    assert ip.to_dict()["char_pitch"] == 8 and image_processor().char_pitch is None
+    with pytest.raises(ValueError, match="char_pitch"):
+        image_processor(char_pitch=200)
+
+
 def test_collate_gives_cell_labels_for_text_only():
     p = processor()
     from PIL import Image
