@@ -97,6 +97,22 @@ def value_for(field: str, rng: random.Random) -> str:
     return str(rng.randint(1, 99999))  # Staff, Units, Price, Region codes
 
 
+CHAR_PITCH = 0  # --char-pitch: every glyph centred in its own fixed-width slot (typewriter layout)
+
+
+def line_width(s, font):
+    return len(s) * CHAR_PITCH if CHAR_PITCH else font.getlength(s)
+
+
+def char_x(s, j, x0, font):
+    """Left edge and centre (px) of glyph j of line s as `render` draws it."""
+    if CHAR_PITCH:
+        left = x0 + j * CHAR_PITCH + (CHAR_PITCH - font.getlength(s[j])) / 2
+        return left, x0 + (j + 0.5) * CHAR_PITCH
+    left = x0 + font.getlength(s[:j])
+    return left, left + font.getlength(s[j]) / 2
+
+
 def make_lines(rng, kind, n_lines, max_w, font):
     lines = []
     while len(lines) < n_lines:
@@ -105,7 +121,7 @@ def make_lines(rng, kind, n_lines, max_w, font):
         else:
             f = rng.choice(FIELDS)
             s = f"{f}: {value_for(f, rng)}"
-        while font.getlength(s) > max_w:
+        while line_width(s, font) > max_w:
             s = s[:-1]
         s = s.strip()
         if s:
@@ -126,13 +142,17 @@ def render(lines, args, font, rng):
     asc, desc = font.getmetrics()
     for i, s in enumerate(lines):
         y = y0 + i * pitch + (pitch - (asc + desc)) // 2
-        draw.text((x0, y), s, font=font, fill=0)
+        if CHAR_PITCH:
+            for j, ch in enumerate(s):
+                draw.text((char_x(s, j, x0, font)[0], y), ch, font=font, fill=0)
+        else:
+            draw.text((x0, y), s, font=font, fill=0)
         cy = y + asc * 0.6
         r = min(int(cy // cell), g - 1)
         for j, ch in enumerate(s):
             if ch == " " or ch not in AUX_INDEX:
                 continue
-            cx = x0 + font.getlength(s[:j]) + font.getlength(ch) / 2
+            cx = char_x(s, j, x0, font)[1]
             c = min(int(cx // cell), g - 1)
             k = int((aux[r, c] > 0).sum())
             if k < args.aux_slots:
@@ -277,6 +297,9 @@ def main():
     p.add_argument("--font-size", type=int, default=11)
     p.add_argument("--pitch", type=int, default=0, help="line pitch px (0 = one vision-token row, 4*patch)")
     p.add_argument("--margin", type=int, default=2)
+    p.add_argument("--char-pitch", type=int, default=0,
+                   help="px per character: each glyph centred in a fixed slot (with --margin 0 and a pitch that "
+                        "divides the 4*patch cell, every vision token holds the same character slots)")
     p.add_argument("--jitter", type=int, default=0, help="random page offset (px) of the text block")
     p.add_argument("--text", default="random", choices=["random", "fields", "mix"])
     p.add_argument("--lines", default="1,2", help="min,max lines per page (curriculum start)")
@@ -309,6 +332,8 @@ def main():
     p.add_argument("--init-from", default="", help="load weights (not optimizer) from this checkpoint")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    global CHAR_PITCH
+    CHAR_PITCH = args.char_pitch
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
