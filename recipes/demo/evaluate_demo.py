@@ -7,6 +7,11 @@ Q&A and extraction: exact match / F1 (SQuAD normalisation); focused summaries: R
 error rate on fresh pages. Splits (scripts/make_synthetic_dataset.py): `test_values` (names and numbers never seen
 in training), `test_paraphrases` (instruction templates never seen), `test_layouts` (page layouts never seen).
 Greedy decoding, batched through InstructionEngine (the product's serving path).
+
+Reading diagnostic (`--reading`; needs a `validation.jsonl` in `--data`: fresh documents drawn like the training ones, with
+training names and digits): Q&A exact match there and on `test_values`, and how often the gold answer occurs
+verbatim in the model's own transcription of the same document -- the exact match a perfect locator would get
+from this model's reading. It separates "cannot read unseen values" from "cannot find the asked value".
 """
 
 import argparse
@@ -16,6 +21,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from deepsynth.data.synthetic import TRANSCRIPTION_INSTRUCTIONS
 from deepsynth.evaluation.evaluate import evaluate
 from deepsynth.evaluation.metrics import character_error_rate
 from deepsynth.inference.engine import InstructionEngine
@@ -25,7 +31,8 @@ TASK_METRICS = {"qa": ("exact_match", "f1_score"), "extraction": ("exact_match",
 MAX_NEW_TOKENS = {"qa": 32, "extraction": 96, "summary": 96, "transcription": 240}
 
 
-def score_checkpoint(engine, data: Path, transcription: Path | None, constant_instruction=None, limit=None):
+def score_checkpoint(engine, data: Path, transcription: Path | None, constant_instruction=None, limit=None,
+                     reading=False):
     report = {}
     for split in SPLITS:
         rows = [json.loads(line) for line in open(data / f"{split}.jsonl")]
@@ -50,7 +57,40 @@ def score_checkpoint(engine, data: Path, transcription: Path | None, constant_in
         cer = character_error_rate([r["prediction"] for r in records], [r["answer"] for r in records])
         report["transcription"] = {"n": len(rows), "cer": round(cer, 4)}
         print("transcription CER", round(cer, 4), flush=True)
+    if reading:
+        report["reading"] = reading_diagnostic(engine, data, limit)
     return report
+
+
+def reading_diagnostic(engine, data: Path, limit=None) -> dict:
+    out = {}
+    for split in ("validation", "test_values"):
+        qa = [row for row in map(json.loads, open(data / f"{split}.jsonl")) if row["task"] == "qa"][:limit or 80]
+        scores, _ = evaluate(engine, qa, ("exact_match",), 16, MAX_NEW_TOKENS["qa"])
+        read = [dict(row, instruction=TRANSCRIPTION_INSTRUCTIONS[0], answer=row["text"]) for row in qa]
+        _, records = evaluate(engine, read, ("exact_match",), 16, MAX_NEW_TOKENS["transcription"])
+        # line breaks are the page's wrapping, not content: compare with whitespace collapsed
+        transcripts, texts = [" ".join(r["prediction"].split()) for r in records], [" ".join(r["text"].split()) for r in qa]
+        copied = sum(row["answer"] in t for row, t in zip(qa, transcripts))
+        out[split] = {"n": len(qa), "qa_exact_match": round(scores["exact_match"], 2),
+                      "gold_in_own_transcript": round(100 * copied / len(qa), 2),
+                      "cer": round(character_error_rate(transcripts, texts), 4)}
+        print("reading", split, out[split], flush=True)
+    return out
+
+
+def reading_table(paths: list[str]) -> str:
+    """Q&A exact match next to how often the model's own transcription contains the gold answer verbatim."""
+    lines = ["| model | documents | Q&A EM | gold value verbatim in its own transcription | transcription CER |",
+             "|---|---|---|---|---|"]
+    names = {"validation": "training distribution (fresh pages, training names and digits)",
+             "test_values": "held-out values"}
+    for path in paths:
+        report = json.load(open(path))
+        for split, r in report["scores"].get("reading", {}).items():
+            lines.append(f"| {report['label']} | {names[split]} | {r['qa_exact_match']:.1f} | "
+                         f"{r['gold_in_own_transcript']:.1f} | {r['cer']:.3f} |")
+    return "\n".join(lines)
 
 
 def table(paths: list[str]) -> str:
@@ -81,18 +121,20 @@ def main(argv=None) -> int:
     parser.add_argument("--transcription", default="runs/demo/data/eval_transcription/test_values.jsonl")
     parser.add_argument("--constant-instruction", help="the ablation's fixed instruction (run_instruct --constant_instruction)")
     parser.add_argument("--limit", type=int, default=None, help="rows per split and task")
+    parser.add_argument("--reading", action="store_true", help="add the reading diagnostic (validation + test_values)")
     parser.add_argument("--out", help="write the report here (JSON)")
-    parser.add_argument("--table", nargs="+", help="print the markdown table of these reports and exit")
+    parser.add_argument("--table", nargs="+", help="print the markdown tables of these reports and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(args.table))
+        print(table(args.table) + "\n\n" + reading_table(args.table))
         return 0
     if not args.model:
         parser.error("--model is required (or --table)")
     started = time.perf_counter()
     engine = InstructionEngine(args.model)
     transcription = Path(args.transcription) if args.transcription else None
-    scores = score_checkpoint(engine, Path(args.data), transcription, args.constant_instruction, args.limit)
+    scores = score_checkpoint(engine, Path(args.data), transcription, args.constant_instruction, args.limit,
+                              args.reading)
     report = {"label": args.label or Path(args.model).name, "model": args.model, "scores": scores,
               "constant_instruction": args.constant_instruction, "seconds": round(time.perf_counter() - started)}
     if args.out:
