@@ -140,9 +140,9 @@ class DeepSynthImageProcessor(BaseImageProcessor):
     typewriter: glyph j of a line is centred in the slot [margin + j * char_pitch, margin + (j+1) * char_pitch),
     whatever its width (meant for a monospace font whose glyphs fit the slot). With a pitch that divides the vision
     cell and a margin that is a multiple of it, every vision token holds the same character slots at the same
-    pixel offsets -- a layout a small vision encoder learns to read several times faster (research/reading).
-    `char_cell_labels` gives, for rendered text, the characters of every vision
-    cell (`ocr_charset`, at most `ocr_cell_slots` per cell): the training-only reading loss of run_instruct.py.
+    pixel offsets (a small model learned to read that several times faster: research/reading, section 6).
+    `char_cell_labels` gives, for rendered text, the characters of every vision cell (`ocr_charset`, at most
+    `ocr_cell_slots` per cell): the training-only reading loss of run_instruct.py.
     """
 
     model_input_names = ["pixel_values", "pixel_values_local", "images_spatial_crop"]
