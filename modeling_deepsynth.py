@@ -466,13 +466,31 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
         return model_inputs
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        # Page tensors are indexed by page, not by sample: beams / return sequences would need per-page repeats.
-        if expand_size > 1 and any(model_kwargs.get(k) is not None for k in PAGE_INPUTS):
-            raise ValueError(
-                "num_beams > 1 / num_return_sequences > 1 are not supported with page inputs; run one "
-                "generate per beam or pass image_features repeated per sequence"
-            )
-        return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        """Beams / return sequences: the generic expansion repeats tensors along dim 0, but page tensors are indexed
+        by page and `image_features` by vision row, not by sample. Encode the pages once and repeat each sample's
+        vision rows instead (also spares running the vision tower once per beam)."""
+        if expand_size == 1 or not any(model_kwargs.get(k) is not None for k in PAGE_INPUTS):
+            return super()._expand_inputs_for_generation(expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        if input_ids is None:
+            raise ValueError("num_beams > 1 / num_return_sequences > 1 with page inputs need input_ids")
+        cache = model_kwargs.get("cache")
+        if cache is not None and cache.get_seq_length() > 0:
+            raise ValueError("num_beams > 1 / num_return_sequences > 1 cannot expand a pre-filled cache: pass "
+                             "image_features (or pixels) and the whole prompt instead")
+        pages = {k: model_kwargs.pop(k, None) for k in PAGE_INPUTS}
+        features = pages["image_features"]
+        if features is None:
+            features = torch.cat(self.get_image_features(
+                pages["pixel_values"], pages["pixel_values_local"], pages["images_spatial_crop"]))
+        rows_per_sample = (input_ids == self.config.image_token_id).sum(dim=1).tolist()
+        if sum(rows_per_sample) != features.shape[0]:
+            raise ValueError(f"image: the input has {sum(rows_per_sample)} placeholder tokens (id "
+                             f"{self.config.image_token_id}) but {features.shape[0]} feature rows")
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs)
+        per_sample = features.split(rows_per_sample)  # sample b's rows, in sequence order
+        model_kwargs["image_features"] = torch.cat([rows for rows in per_sample for _ in range(expand_size)])
+        return input_ids, model_kwargs
 
     # ---- diagnostics ----------------------------------------------------------------------------------------
     @torch.no_grad()

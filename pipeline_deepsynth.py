@@ -44,12 +44,18 @@ def generate_with_scores(model, inputs: dict, **generate_kwargs) -> dict[str, to
     its end-of-sequence token included, "scores": (B,) confidence}.
 
     confidence = exp(mean over the row's generated tokens of log p(token)), with p the softmax of the scores
-    generate() chose the token from (`compute_transition_scores(..., normalize_logits=True)`).
+    generate() chose the token from (`compute_transition_scores(..., normalize_logits=True)`; with beam search, those
+    of the beam each token came from).
     """
+    if generate_kwargs.get("num_return_sequences", 1) != 1:
+        raise ValueError("one answer per request: num_return_sequences must be 1 (call model.generate for several)")
     prompt_length = inputs["input_ids"].shape[1]
     out = model.generate(**inputs, **generate_kwargs, return_dict_in_generate=True, output_scores=True)
     tokens = out.sequences[:, prompt_length:]
-    logprobs = model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)  # (B, T)
+    # Beam search: `beam_indices` picks the beam each token came from; its scores are log-probabilities with the
+    # suppressed ids set to -inf afterwards, so normalising again renormalises over the allowed tokens, as for greedy.
+    beam_indices = getattr(out, "beam_indices", None)
+    logprobs = model.compute_transition_scores(out.sequences, out.scores, beam_indices, normalize_logits=True)  # (B, T)
 
     eos = generate_kwargs.get("eos_token_id", model.generation_config.eos_token_id)
     eos = torch.tensor([] if eos is None else [eos] if isinstance(eos, int) else list(eos), device=tokens.device)

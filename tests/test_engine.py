@@ -183,6 +183,30 @@ def test_confidence_is_the_geometric_mean_of_token_probabilities(plain):
     assert early.confidence == pytest.approx(expected, abs=1e-5)
 
 
+def test_beam_search_answers_and_scores_like_model_generate(engine, plain):
+    """num_beams through the engine, without and with the document cache (a cached document prefix cannot be
+    expanded to beams: the engine then passes the cached vision rows), batched and single."""
+    engine.cache.clear()
+    documents, questions = [DOC_A, DOC_B, [NOISE, DOC_B]], QUESTIONS[:3]
+    expected = []
+    for document, question in zip(documents, questions):
+        batch = plain.processor(document=document, instruction=question, return_tensors="pt")
+        sequence = plain.model.generate(**batch, max_new_tokens=6, num_beams=3, do_sample=False)[0, batch["input_ids"].shape[1]:]
+        expected.append((plain.processor.tokenizer.decode(sequence, skip_special_tokens=True).strip(),
+                         _independent_confidence(plain, document, question, sequence)))
+    assert [a for a, _ in expected] != [plain.generate(d, q, max_length=6) for d, q in zip(documents, questions)]
+    for document, question in zip(documents, questions):  # greedy calls cache the documents (and DOC_A's prefix)
+        engine.generate(document, question, max_length=1)
+    assert engine.cache.get(source_key(DOC_A)).prefix is not None
+    for eng in (plain, engine):
+        for document, question, (answer, confidence) in zip(documents, questions, expected):
+            result = eng.generate_result(document, question, max_length=6, num_beams=3)
+            assert (result.answer, result.confidence) == (answer, pytest.approx(confidence, abs=1e-5))
+        batch = eng.generate_batch_results(documents, questions, max_length=6, num_beams=3)
+        assert [(r.answer, r.confidence) for r in batch] == [(a, pytest.approx(c, abs=1e-5)) for a, c in expected]
+    assert engine.cache_stats()["hits"] >= 6
+
+
 def test_stream_pieces_join_to_the_answer(engine, plain):
     expected = plain.generate(DOC_A, QUESTIONS[2], max_length=16)
     stream = engine.stream(DOC_A, QUESTIONS[2], max_length=16)
@@ -225,6 +249,8 @@ def test_temperature_semantics(engine):
         (lambda e: e.generate(DOC_A, "q", max_length=0), "max_length must be a positive integer"),
         (lambda e: e.generate(DOC_A, "q", max_length="5"), "max_length must be a positive integer"),
         (lambda e: e.generate(DOC_A, "q", temperature=-0.5), "temperature must be a number >= 0"),
+        (lambda e: e.generate(DOC_A, "q", num_beams=0), "num_beams must be a positive integer"),
+        (lambda e: e.generate(DOC_A, "q", num_return_sequences=2), "num_return_sequences must be 1"),
         (lambda e: e.generate_batch([DOC_A], ["q", "r"]), "equal length"),
         (lambda e: e.generate_batch(DOC_A, "q"), "list of documents"),
         (lambda e: e.stream("", "q"), "document is empty"),

@@ -263,10 +263,33 @@ def test_clip_width_must_match_sam_output():
         DeepSynthConfig(vision_config=vision, text_config=tiny_text_config(), image_token_id=IMG, instruction_token_id=INSTR)
 
 
-def test_beam_search_with_pages_is_refused_clearly():
+def test_beam_search_repeats_each_samples_own_pages():
+    """Beams and return sequences with page inputs: each sample's pages (1 or 2) expanded to its own beams, so a
+    left-padded batch decodes as each sample does alone, from pixels or from precomputed image_features."""
     model = make_model()
-    with pytest.raises(ValueError, match="num_beams > 1"):
-        model.generate(**sample(model), num_beams=2, max_new_tokens=2)
+    samples = [
+        sample(model, instruction_len=3, text=(20, 21), seed=1),
+        sample(model, instruction_len=7, text=(30, 31, 32, 33, 34), n_pages=2, seed=2),
+    ]
+    kwargs = dict(max_new_tokens=6, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=PAD)
+    batch = left_pad_batch(samples, model)
+    from_pixels = model.generate(**batch, **kwargs)[:, -6:]
+    assert from_pixels.shape == (4, 6)
+    for i, s in enumerate(samples):
+        assert torch.equal(from_pixels[2 * i : 2 * i + 2], model.generate(**s, **kwargs)[:, -6:])
+    features = torch.cat(model.get_image_features(batch.pop("pixel_values")))
+    assert torch.equal(model.generate(**batch, image_features=features, **kwargs)[:, -6:], from_pixels)
+
+
+def test_beam_search_refuses_a_prefilled_cache_clearly():
+    model = make_model()
+    a = sample(model)
+    n = a["input_ids"].shape[1] - 1
+    prefix = model(input_ids=a["input_ids"][:, :n], pixel_values=a["pixel_values"],
+                   instruction_input_ids=a["instruction_input_ids"], use_cache=True)
+    with pytest.raises(ValueError, match="cannot expand a pre-filled cache"):
+        model.generate(input_ids=a["input_ids"], image_features=prefix.image_features, cache=prefix.cache,
+                       num_beams=2, max_new_tokens=2)
 
 
 # ---- save / load -------------------------------------------------------------------------------------------------

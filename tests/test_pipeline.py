@@ -138,6 +138,20 @@ def test_generation_kwargs_pass_through(pipe):
         pipe(document=DOC_A, instruction=QUESTIONS[0], max_new_tokens=2, not_a_generate_arg=1)
 
 
+def test_beam_search_batched_equals_single_and_model_generate(pipe):
+    documents, questions = [DOC_A, DOC_B, PAGE], QUESTIONS[:3]
+    singles = [pipe(document=d, instruction=q, max_new_tokens=6, num_beams=3) for d, q in zip(documents, questions)]
+    batched = pipe(document=documents, instruction=questions, batch_size=3, max_new_tokens=6, num_beams=3)
+    assert [b["answer"] for b in batched] == [s["answer"] for s in singles]
+    assert [b["score"] for b in batched] == pytest.approx([s["score"] for s in singles], abs=1e-5)
+    for document, question, single in zip(documents, questions, singles):
+        inputs = pipe.processor(document=document, instruction=question, return_tensors="pt")
+        ids = pipe.model.generate(**inputs, max_new_tokens=6, num_beams=3)[0, inputs["input_ids"].shape[1]:]
+        assert single["answer"] == pipe.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    with pytest.raises(ValueError, match="num_return_sequences must be 1"):
+        pipe(document=DOC_A, instruction=QUESTIONS[0], max_new_tokens=2, num_beams=2, num_return_sequences=2)
+
+
 def test_default_answer_length_is_256_tokens(pipe):
     with GenerateSpy(pipe.model) as spy:
         pipe(document=DOC_A, instruction=QUESTIONS[0])

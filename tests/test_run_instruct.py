@@ -117,6 +117,30 @@ def test_train_eval_predict_then_reload_in_fresh_process(work):
     assert not torch.equal(start.lm_head.weight, model.lm_head.weight)
 
 
+def test_predict_with_beam_search(work):
+    """--generation_num_beams through Seq2SeqTrainer's predict: each sample's pages expanded to its beams, so the
+    predictions are what model.generate(num_beams=2) writes for the same rows."""
+    out = work / "out_beams"
+    run(common(work, out, "--do_predict", "--generation_num_beams", 2), cwd=work)
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (work / "data" / "test.jsonl").read_text().splitlines()]
+    assert [p["instruction"] for p in predictions] == [r["instruction"] for r in rows]
+
+    sys.path.insert(0, str(ROOT))
+    from modeling_deepsynth import DeepSynthForConditionalGeneration
+    from processing_deepsynth import DeepSynthProcessor, row_document
+
+    model = DeepSynthForConditionalGeneration.from_pretrained(work / "tiny").eval()
+    processor = DeepSynthProcessor.from_pretrained(work / "tiny")
+    expected = []
+    for r in rows:
+        batch = processor(document=row_document(r), instruction=r["instruction"], return_tensors="pt")
+        with torch.no_grad():
+            ids = model.generate(**batch, num_beams=2, max_new_tokens=6, do_sample=False)
+        expected.append(processor.tokenizer.decode(ids[0, batch["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+    assert [p["prediction"] for p in predictions] == expected
+
+
 def tiny_original_folder(work) -> Path:
     """An ORIGINAL-layout DeepSeek-OCR folder: the fixture's weights, an original-style config.json, a tokenizer."""
     sys.path.insert(0, str(ROOT / "src"))

@@ -386,6 +386,9 @@ class InstructionEngine:
             isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0
         ):
             raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+        beams = extra.get("num_beams", 1)
+        if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+            raise ValueError(f"num_beams must be a positive integer, got {beams!r}")
         kwargs = {"max_new_tokens": max_length, "do_sample": bool(temperature)}
         if temperature:
             kwargs["temperature"] = float(temperature)
@@ -412,7 +415,8 @@ class InstructionEngine:
         waited = time.perf_counter()
         with self._lock:
             locked = time.perf_counter()
-            inputs, hits = self._inputs(examples)
+            expanded = generate_kwargs.get("num_beams", 1) > 1  # beams cannot grow a pre-filled prefix cache
+            inputs, hits = self._inputs(examples, prefix_cache=not expanded)
             outputs = pipeline_deepsynth.generate_with_scores(self.model, inputs, **generate_kwargs)
             decoded = pipeline_deepsynth.decode_answers(self._decoder, outputs)
             elapsed_ms = round((waited - started + time.perf_counter() - locked) * 1000)
@@ -421,17 +425,18 @@ class InstructionEngine:
             for d, hit in zip(decoded, hits)
         ]
 
-    def _inputs(self, examples: list[dict]) -> tuple[dict, list[bool]]:
+    def _inputs(self, examples: list[dict], prefix_cache: bool = True) -> tuple[dict, list[bool]]:
         """Model inputs for a batch: pixels without the cache; cached vision features (and, for one example, the
-        cached document prefix) with it."""
+        cached document prefix unless `prefix_cache` is off) with it."""
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in self.processor.collate(examples).items()}
         if self.cache is None:
             return batch, [False] * len(examples)
-        entries, hits = zip(*(self._entry(e, prefix=len(examples) == 1) for e in examples))
+        single = len(examples) == 1 and prefix_cache
+        entries, hits = zip(*(self._entry(e, prefix=single) for e in examples))
         for key in (*PIXEL_KEYS, "num_pages"):
             batch.pop(key, None)
         entry = entries[0]
-        if len(examples) == 1 and 0 < entry.prefix_length < batch["input_ids"].shape[1]:
+        if single and 0 < entry.prefix_length < batch["input_ids"].shape[1]:
             # The prompt starts with the cached document prefix: generate() runs only the tokens after it.
             batch["cache"] = copy.deepcopy(entry.prefix)
         else:
