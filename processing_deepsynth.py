@@ -420,37 +420,65 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         the number of pages `preprocess` makes of `text` (first `max_pages` pages). Geometries without a
         squashed global view (crop mode, views > 640 px) have no cell mapping: every entry is -100 there.
         """
+        pages, g = self._cell_layout(text, mode, max_pages)
+        slots = self.ocr_cell_slots
+        if g < 0:
+            return torch.full((len(pages), -g, -g, slots), -100, dtype=torch.long)
+        index = {ch: i + 1 for i, ch in enumerate(self.ocr_charset)}
+        out = torch.zeros((len(pages), g, g, slots), dtype=torch.long)
+        for p, _, line, cells in self._line_cells(pages, g):
+            for ch, cell in zip(line, cells):
+                if ch in index and cell is not None:
+                    labels = out[p, cell[0], cell[1]]
+                    k = int((labels > 0).sum())
+                    if k < slots:
+                        labels[k] = index[ch]
+        return out
+
+    def span_cell_mask(self, text: str, span: str, mode=None, max_pages: int | None = None) -> torch.Tensor:
+        """Where `span` is written on the rendered pages: (P, g, g) long, 1 on the vision cells holding a
+        non-space character of an occurrence of `span` within one line, 0 elsewhere; -100 everywhere when `span`
+        is on no line (wrapped across lines, not in the text) or the geometry has no cell mapping. For the
+        training-only locating loss (run_instruct `--locate_aux_weight`): the renderer knows where the answer is."""
+        pages, g = self._cell_layout(text, mode, max_pages)
+        if g < 0:
+            return torch.full((len(pages), -g, -g), -100, dtype=torch.long)
+        out = torch.zeros((len(pages), g, g), dtype=torch.long)
+        span = span.strip()
+        for p, _, line, cells in self._line_cells(pages, g) if span else ():
+            start = line.find(span)
+            while start >= 0:
+                for ch, cell in zip(span, cells[start : start + len(span)]):
+                    if not ch.isspace() and cell is not None:
+                        out[p, cell[0], cell[1]] = 1
+                start = line.find(span, start + 1)
+        return out if out.any() else out.fill_(-100)
+
+    def _cell_layout(self, text: str, mode, max_pages) -> tuple[list[list[str]], int]:
+        """(pages of lines as `preprocess` renders them, grid side g); -side when there is no cell mapping."""
         pages = self.layout_text(text)[: self.max_pages if max_pages is None else max_pages]
-        g, slots = self.cell_grid(mode), self.ocr_cell_slots
+        g = self.cell_grid(mode)
         if g is None:
             base_size, image_size, crop_mode = self.geometry(mode)
-            side = vision_grid_size(base_size if crop_mode else image_size, self.patch_size, self.downsample_ratio)
-            return torch.full((len(pages), side, side, slots), -100, dtype=torch.long)
-        index = {ch: i + 1 for i, ch in enumerate(self.ocr_charset)}
+            return pages, -vision_grid_size(base_size if crop_mode else image_size, self.patch_size, self.downsample_ratio)
+        return pages, g
+
+    def _line_cells(self, pages: list[list[str]], g: int):
+        """(page, line index, line, [(row, col) or None per character]) for every line drawn on a g x g grid:
+        a glyph is in the cell of its centre, at the middle of the x-height."""
         font = self._font()
         cell_w, cell_h = self.page_width / g, self.page_height / g
         ascent = font.getmetrics()[0]
-        out = torch.zeros((len(pages), g, g, slots), dtype=torch.long)
         for p, lines in enumerate(pages):
             first, step = self._first_baseline(font, lines[0]), self._line_step()
             for i, line in enumerate(lines):
                 if not line:
                     continue
-                baseline = first + i * step
-                row = int((baseline - 0.4 * ascent) // cell_h)  # the middle of the x-height
+                row = int((first + i * step - 0.4 * ascent) // cell_h)
                 if not 0 <= row < g:
                     continue
-                for ch, centre in zip(line, self._glyph_centres(font, line)):
-                    if ch not in index:
-                        continue
-                    col = int(centre // cell_w)
-                    if not 0 <= col < g:
-                        continue
-                    cell = out[p, row, col]
-                    k = int((cell > 0).sum())
-                    if k < slots:
-                        cell[k] = index[ch]
-        return out
+                cols = [int(centre // cell_w) for centre in self._glyph_centres(font, line)]
+                yield p, i, line, [(row, c) if 0 <= c < g else None for c in cols]
 
     # ---- documents -> pages -----------------------------------------------------------------------------------
     def load_pages(

@@ -162,6 +162,13 @@ class DeepSynthTrainingArguments(Seq2SeqTrainingArguments):
     ocr_aux_lr_multiplier: float = field(
         default=1.0, metadata={"help": "Learning-rate multiplier of the reading-loss head."}
     )
+    locate_aux_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the training-only locating loss: from the decoder's last hidden state at every "
+                  "answer position, a pointer head (locate_aux_head.pt, trainer-only like the reading head) must point "
+                  "at the vision cells where the renderer drew the answer (rows whose answer is written on one line "
+                  "of a text document; others get no loss). 0 = off."},
+    )
 
 
 # ---- the user guide's keys and flags ------------------------------------------------------------------------------
@@ -470,11 +477,12 @@ class RenderingCollator:
     """Renders and tokenizes raw rows per batch (inside the DataLoader workers), then pads them into a batch."""
 
     def __init__(self, processor: DeepSynthProcessor, padding_side: str = "right", return_char_cells: bool = False,
-                 constant_instruction: str | None = None):
+                 constant_instruction: str | None = None, return_answer_cells: bool = False):
         self.processor = processor
         self.constant_instruction = constant_instruction  # ablation: the same instruction for every row
         self.padding_side = padding_side
         self.return_char_cells = return_char_cells  # per-vision-cell character labels for --ocr_aux_weight
+        self.return_answer_cells = return_answer_cells  # where the answer is drawn, for --locate_aux_weight
 
     def __call__(self, rows: list[dict]):
         records = []
@@ -482,9 +490,23 @@ class RenderingCollator:
             document = row_document(row)
             instruction = self.constant_instruction or row["instruction"]
             records.append({"document": document, "instruction": instruction, "answer": row.get("answer")})
-        return self.processor.collate(
+        batch = self.processor.collate(
             records, padding_side=self.padding_side, return_char_cells=self.return_char_cells
         )
+        if self.return_answer_cells:  # (P_total, g, g), pages in batch order like pixel_values
+            pages = batch["num_pages"].tolist()
+            batch["answer_cell_labels"] = torch.cat([self._answer_cells(r, n) for r, n in zip(records, pages)])
+        return batch
+
+    def _answer_cells(self, record: dict, num_pages: int) -> torch.Tensor:
+        ip = self.processor.image_processor
+        document, answer = record["document"], record.get("answer")
+        if isinstance(document, str) and answer and not os.path.isfile(document):
+            cells = ip.span_cell_mask(document, answer)
+            if len(cells) == num_pages:
+                return cells
+        g = ip.cell_grid()
+        return torch.full((num_pages, g, g), -100, dtype=torch.long)
 
 
 def check_processor_matches_model(processor: DeepSynthProcessor, config: DeepSynthConfig):
@@ -528,13 +550,13 @@ def prompt_only(inputs: dict, pad_token_id: int) -> dict:
     return out
 
 
-def global_grid_features(image_features: torch.Tensor, inputs: dict, g: int) -> torch.Tensor:
+def global_grid_features(image_features: torch.Tensor, inputs: dict, g: int, num_pages: int) -> torch.Tensor:
     """Spliced vision rows of a batch (N_rows, D) -> the global-view cells of every page (P, g, g, D).
 
     Each page's rows are [local grid + newlines] (tiled pages only), global grid + newlines, separator
-    (`get_image_features`); the global grid is the tail of the page's segment."""
+    (`get_image_features`); the global grid is the tail of the page's segment. The same layout holds for the
+    decoder's hidden states at the <image> positions."""
     crops = inputs.get("images_spatial_crop")
-    num_pages = len(inputs["ocr_cell_labels"])
     crops = [(1, 1)] * num_pages if crops is None else [tuple(map(int, c)) for c in crops.tolist()]
     local = inputs.get("pixel_values_local")
     global_view = inputs["pixel_values"][0].shape[-1]
@@ -546,7 +568,7 @@ def global_grid_features(image_features: torch.Tensor, inputs: dict, g: int) -> 
         pages.append(grid)
         start += tail
     if start != image_features.shape[0]:
-        raise ValueError(f"ocr_cell_labels: {image_features.shape[0]} vision rows, expected {start} for {num_pages} pages")
+        raise ValueError(f"cell labels: {image_features.shape[0]} vision rows, expected {start} for {num_pages} pages")
     return torch.stack(pages)
 
 
@@ -554,83 +576,148 @@ class DeepSynthTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer for a decoder-only prompt+answer model: generation starts from the prompt alone (labels never
     reach generate) and only the new tokens are returned.
 
-    With `ocr_aux_weight > 0` the loss adds the training-only reading loss: `ocr_aux_head` (Linear: decoder width ->
-    slots x (charset + 1)) reads every projected vision cell of the global view (the very rows the decoder gets, one
-    vision pass) and is trained on the batch's `ocr_cell_labels`. The head is in the optimizer and is saved in every
-    checkpoint as `ocr_aux_head.pt` (restored on resume), never in the model."""
+    Two optional training-only losses, each with a small head that lives in the trainer: it is in the optimizer,
+    saved in every checkpoint as `<name>_aux_head.pt` (restored on resume), never in the model.
+    - reading (`ocr_aux_weight > 0`): `ocr_aux_head` (Linear: decoder width -> slots x (charset + 1)) reads every
+      projected vision cell of the global view (the very rows the decoder gets, one vision pass) and is trained on
+      the batch's `ocr_cell_labels`.
+    - locating (`locate_aux_weight > 0`): `locate_aux_head` (Linear: width -> query + key) scores, from the decoder's
+      last hidden state at each position that predicts an answer token, every global-view cell of the sample's
+      pages (their hidden states as keys); cross-entropy of the cells in `answer_cell_labels` (where the answer is
+      drawn) against all cells. It asks the decoder to know where its answer is written."""
 
-    OCR_HEAD_FILE = "ocr_aux_head.pt"
+    LOCATE_DIM = 64
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.ocr_aux_head = None
-        self._ocr_aux_metrics = {"loss": 0.0, "acc": 0.0, "n": 0}
+        width = self.accelerator.unwrap_model(self.model).config.text_config.hidden_size
+        self.ocr_aux_head = self.locate_aux_head = None
+        self._aux_metrics = {}
         if getattr(self.args, "ocr_aux_weight", 0) > 0:
             ip = self.processing_class.image_processor
-            width = self.accelerator.unwrap_model(self.model).config.text_config.hidden_size
             self.ocr_classes = len(ip.ocr_charset) + 1
             self.ocr_aux_head = torch.nn.Linear(width, ip.ocr_cell_slots * self.ocr_classes).to(self.args.device)
+        if getattr(self.args, "locate_aux_weight", 0) > 0:
+            self.locate_aux_head = torch.nn.Linear(width, 2 * self.LOCATE_DIM).to(self.args.device)
+
+    def aux_heads(self) -> dict:
+        heads = {"ocr": self.ocr_aux_head, "locate": self.locate_aux_head}
+        return {name: head for name, head in heads.items() if head is not None}
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model) if model is not None else super().create_optimizer()
-        if self.ocr_aux_head is not None and not getattr(self, "_ocr_head_in_optimizer", False):
-            self.optimizer.add_param_group({
-                "params": list(self.ocr_aux_head.parameters()),
-                "weight_decay": self.args.weight_decay,
-                "lr": self.args.learning_rate * self.args.ocr_aux_lr_multiplier,
-            })
-            self._ocr_head_in_optimizer = True
+        if self.aux_heads() and not getattr(self, "_aux_heads_in_optimizer", False):
+            for name, head in self.aux_heads().items():
+                lr = self.args.learning_rate * (self.args.ocr_aux_lr_multiplier if name == "ocr" else 1.0)
+                self.optimizer.add_param_group(
+                    {"params": list(head.parameters()), "weight_decay": self.args.weight_decay, "lr": lr}
+                )
+            self._aux_heads_in_optimizer = True
         return optimizer if optimizer is not None else self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         cells = inputs.pop("ocr_cell_labels", None)
-        if self.ocr_aux_head is None or cells is None or not model.training:
+        answer_cells = inputs.pop("answer_cell_labels", None)
+        reading = self.ocr_aux_head is not None and cells is not None and model.training
+        locating = self.locate_aux_head is not None and answer_cells is not None and model.training
+        if not (reading or locating):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if locating:
+            inputs = {**inputs, "output_hidden_states": True}
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        grid = global_grid_features(outputs.image_features, {**inputs, "ocr_cell_labels": cells}, cells.shape[1])
+        aux = 0.0
+        if reading:
+            aux = aux + self.args.ocr_aux_weight * self._reading_loss(outputs, inputs, cells)
+        if locating:
+            aux = aux + self.args.locate_aux_weight * self._locating_loss(outputs, inputs, answer_cells)
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            # the LM loss is already normalised over the accumulated batch; these per-micro-batch means are not
+            aux = aux / max(1, getattr(self, "current_gradient_accumulation_steps", 1))
+        loss = loss + aux
+        return (loss, outputs) if return_outputs else loss
+
+    def _record(self, name: str, loss: torch.Tensor, acc: float | None):
+        m = self._aux_metrics.setdefault(name, {"loss": 0.0, "acc": 0.0, "n": 0, "n_acc": 0})
+        m["loss"] += loss.item()
+        m["n"] += 1
+        if acc is not None:
+            m["acc"] += acc
+            m["n_acc"] += 1
+
+    def _reading_loss(self, outputs, inputs, cells) -> torch.Tensor:
+        grid = global_grid_features(outputs.image_features, inputs, cells.shape[1], len(cells))
         logits = self.ocr_aux_head(grid.to(self.ocr_aux_head.weight.dtype)).reshape(-1, self.ocr_classes)
         target = cells.reshape(-1).to(logits.device)
+        acc = None
         if (target != -100).any():
             aux = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100)
             with torch.no_grad():
                 known = target != -100
-                self._ocr_aux_metrics["acc"] += (logits.argmax(-1)[known] == target[known]).float().mean().item()
+                acc = (logits.argmax(-1)[known] == target[known]).float().mean().item()
         else:  # no text page in the batch: a zero that keeps the head in the graph
             aux = logits.sum() * 0.0
-        self._ocr_aux_metrics["loss"] += aux.item()
-        self._ocr_aux_metrics["n"] += 1
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-            # the LM loss is already normalised over the accumulated batch; this per-micro-batch mean is not
-            aux = aux / max(1, getattr(self, "current_gradient_accumulation_steps", 1))
-        loss = loss + self.args.ocr_aux_weight * aux
-        return (loss, outputs) if return_outputs else loss
+        self._record("ocr", aux, acc)
+        return aux
+
+    def _locating_loss(self, outputs, inputs, answer_cells) -> torch.Tensor:
+        config = self.accelerator.unwrap_model(self.model).config
+        hidden = outputs.hidden_states[-1]  # (B, L, D)
+        ids, labels = inputs["input_ids"], inputs["labels"]
+        g = answer_cells.shape[1]
+        grid = global_grid_features(hidden[ids == config.image_token_id], inputs, g, len(answer_cells))  # (P, g, g, D)
+        head = self.locate_aux_head
+        keys = head(grid.to(head.weight.dtype))[..., self.LOCATE_DIM :].reshape(len(answer_cells), g * g, -1)
+        queries = head(hidden.to(head.weight.dtype))[..., : self.LOCATE_DIM]  # (B, L, d)
+        target = answer_cells.to(keys.device).reshape(len(answer_cells), g * g)  # (P, g*g)
+        first_page = [0] + torch.cumsum(inputs["num_pages"], 0).tolist()
+        losses, hits = [], []
+        for b in range(ids.shape[0]):
+            pages = slice(first_page[b], first_page[b + 1])
+            where = target[pages].reshape(-1)
+            answer = (labels[b] != -100).nonzero().squeeze(1)
+            if (where == -100).any() or not (where == 1).any() or len(answer) == 0:
+                continue  # no drawn answer on this sample's pages: no loss
+            scores = queries[b, answer - 1] @ keys[pages].reshape(-1, self.LOCATE_DIM).T / self.LOCATE_DIM**0.5
+            inside = scores.masked_fill(where != 1, float("-inf"))  # (A, cells)
+            losses.append((scores.logsumexp(-1) - inside.logsumexp(-1)).mean())
+            hits.append(float(where[scores[0].argmax()] == 1))  # the first answer token points inside the answer
+        if not losses:
+            aux = (queries.sum() + keys.sum()) * 0.0  # keeps the head in the graph
+            self._record("locate", aux, None)
+            return aux
+        aux = torch.stack(losses).mean()
+        self._record("locate", aux, sum(hits) / len(hits))
+        return aux
 
     def log(self, logs, *args, **kwargs):
-        m = self._ocr_aux_metrics
-        if m["n"] and "loss" in logs:  # training logs: the reading loss and slot accuracy since the last log
-            logs["ocr_aux_loss"] = round(m["loss"] / m["n"], 4)
-            logs["ocr_aux_acc"] = round(m["acc"] / m["n"], 4)
-            self._ocr_aux_metrics = {"loss": 0.0, "acc": 0.0, "n": 0}
+        if "loss" in logs:  # training logs: each aux loss and its accuracy since the last log
+            for name, m in self._aux_metrics.items():
+                if m["n"]:
+                    logs[f"{name}_aux_loss"] = round(m["loss"] / m["n"], 4)
+                if m["n_acc"]:
+                    logs[f"{name}_aux_acc"] = round(m["acc"] / m["n_acc"], 4)
+            self._aux_metrics = {}
         return super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.ocr_aux_head is not None and self.args.should_save:
+        if self.aux_heads() and self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             if os.path.isdir(folder):
-                torch.save(self.ocr_aux_head.state_dict(), os.path.join(folder, self.OCR_HEAD_FILE))
+                for name, head in self.aux_heads().items():
+                    torch.save(head.state_dict(), os.path.join(folder, f"{name}_aux_head.pt"))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
-        if self.ocr_aux_head is not None and checkpoint is not None:
-            path = os.path.join(checkpoint, self.OCR_HEAD_FILE)
+        for name, head in self.aux_heads().items() if checkpoint is not None else ():
+            path = os.path.join(checkpoint, f"{name}_aux_head.pt")
             if os.path.isfile(path):
-                self.ocr_aux_head.load_state_dict(torch.load(path, map_location=self.args.device))
+                head.load_state_dict(torch.load(path, map_location=self.args.device))
             else:
-                logger.warning("%s has no %s: the reading-loss head starts afresh", checkpoint, self.OCR_HEAD_FILE)
+                logger.warning("%s has no %s: the %s head starts afresh", checkpoint, os.path.basename(path), name)
         return super()._load_optimizer_and_scheduler(checkpoint)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
-        inputs = {k: v for k, v in inputs.items() if k != "ocr_cell_labels"}
+        inputs = {k: v for k, v in inputs.items() if k not in ("ocr_cell_labels", "answer_cell_labels")}
         if not self.args.predict_with_generate or prediction_loss_only:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
@@ -753,8 +840,11 @@ def main(argv=None):
             raise ValueError("--ocr_aux_weight needs a squashed global view (no crop mode, view <= 640 px)")
         if processor.image_processor.line_height is None:
             logger.warning("--ocr_aux_weight without a processor line_height: text lines are not on vision-token rows")
+    if training_args.locate_aux_weight > 0 and processor.image_processor.cell_grid() is None:
+        raise ValueError("--locate_aux_weight needs a squashed global view (no crop mode, view <= 640 px)")
     collator = RenderingCollator(processor, return_char_cells=training_args.ocr_aux_weight > 0,
-                                 constant_instruction=data_args.constant_instruction)
+                                 constant_instruction=data_args.constant_instruction,
+                                 return_answer_cells=training_args.locate_aux_weight > 0)
     metric_names = data_args.eval_metrics.split()
     compute_metrics = make_compute_metrics(processor, metric_names)
     trainer = DeepSynthTrainer(

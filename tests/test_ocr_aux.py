@@ -1,6 +1,7 @@
 """The reading recipe in the product pipeline (issue 7, research/reading/NOTES.md): text lines on vision-token rows
 (`line_height`), per-vision-cell character labels from the renderer, the training-only reading loss of
-run_instruct.py (`--ocr_aux_weight`, head saved in checkpoints and restored on resume), transcription data."""
+run_instruct.py (`--ocr_aux_weight`, head saved in checkpoints and restored on resume), transcription data; the
+training-only locating loss (`--locate_aux_weight`: where the renderer drew the answer)."""
 
 import json
 import os
@@ -150,8 +151,9 @@ def test_aux_loss_reaches_the_vision_tower(tmp_path):
     plain = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "ocr_cell_labels"})
     torch.manual_seed(1)
     loss = trainer.compute_loss(model, dict(batch))
-    assert trainer._ocr_aux_metrics["n"] == 1 and trainer._ocr_aux_metrics["loss"] > 1.0
-    torch.testing.assert_close(loss.detach(), plain.detach() + trainer._ocr_aux_metrics["loss"], rtol=1e-4, atol=1e-4)
+    metrics = trainer._aux_metrics["ocr"]
+    assert metrics["n"] == 1 and metrics["loss"] > 1.0
+    torch.testing.assert_close(loss.detach(), plain.detach() + metrics["loss"], rtol=1e-4, atol=1e-4)
     model.zero_grad()
     trainer.ocr_aux_head.zero_grad()
     trainer.compute_loss(model, dict(batch)).backward()
@@ -161,6 +163,64 @@ def test_aux_loss_reaches_the_vision_tower(tmp_path):
     trainer.create_optimizer()
     head = {id(q) for q in trainer.ocr_aux_head.parameters()}
     assert head <= {id(q) for g in trainer.optimizer.param_groups for q in g["params"]}
+
+
+def test_span_cell_mask_marks_the_cells_where_the_answer_is_drawn():
+    ip = image_processor(page_width=128, page_height=128, base_size=128, image_size=128)
+    text = "Revenue: $45.2M\nCosts: $12M\nNet: $45.2M"
+    mask = ip.span_cell_mask(text, "$45.2M")
+    assert mask.shape == (1, 8, 8) and mask.dtype == torch.long
+    cells = decode_cells(ip, ip.char_cell_labels(text)[0])
+    # both occurrences (rows 0 and 2), and exactly the cells holding its glyphs
+    marked = {(r, c) for r, c in zip(*mask[0].nonzero(as_tuple=True)) for r, c in [(int(r), int(c))]}
+    assert {r for r, _ in marked} == {0, 2}
+    for r, c in marked:
+        assert set(cells[r][c]) & set("$45.2M")
+    assert "".join(cells[0][c] for c in sorted(c for r, c in marked if r == 0)).endswith("$45.2M")
+    assert "".join(cells[1]).startswith("Costs") and not mask[0, 1].any()
+    # not on any single line (absent, or wrapped across lines): no label at all, never a wrong one
+    assert (ip.span_cell_mask(text, "$99M") == -100).all()
+    assert (ip.span_cell_mask(text, "$45.2M Costs") == -100).all()
+    assert (DeepSynthImageProcessor(mode="gundam").span_cell_mask("a b", "a") == -100).all()
+
+
+def test_locating_loss_trains_the_decoder_towards_the_answer_cells(tmp_path):
+    import run_instruct
+
+    torch.manual_seed(0)
+    p = processor()
+    model = DeepSynthForConditionalGeneration(tiny_model_config(p))
+    args = run_instruct.DeepSynthTrainingArguments(output_dir=str(tmp_path), locate_aux_weight=0.5, use_cpu=True,
+                                                   report_to="none")
+    collator = run_instruct.RenderingCollator(p, return_answer_cells=True)
+    trainer = run_instruct.DeepSynthTrainer(model=model, args=args, processing_class=p, data_collator=collator)
+    rows = [{"text": "Tax: $4\nFee: $7", "instruction": "What is the fee?", "answer": "$7"},
+            {"text": "Summary text here", "instruction": "Summarize.", "answer": "Not on the page"}]
+    batch = trainer.data_collator(rows)
+    cells = batch["answer_cell_labels"]
+    assert cells.shape == (2, 4, 4) and cells[0, 1].sum() > 0 and cells[0].sum() == cells[0, 1].sum()
+    assert (cells[1] == -100).all()
+    model.train()
+    torch.manual_seed(1)
+    plain = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "answer_cell_labels"})
+    torch.manual_seed(1)
+    loss = trainer.compute_loss(model, dict(batch))
+    metrics = trainer._aux_metrics["locate"]
+    assert metrics["n"] == 1 and metrics["n_acc"] == 1  # one row has a drawn answer
+    # an untrained pointer spreads over the 16 cells: about log(16 / 2 answer cells) nats
+    assert 1.0 < metrics["loss"] < 3.5
+    torch.testing.assert_close(loss.detach(), plain.detach() + 0.5 * metrics["loss"], rtol=1e-4, atol=1e-4)
+    # the locating loss alone moves the decoder (and the vision tower under its keys), not only its head
+    model.zero_grad()
+    inputs = {k: v for k, v in batch.items() if k != "answer_cell_labels"}
+    outputs = model(**inputs, output_hidden_states=True)
+    trainer._locating_loss(outputs, inputs, cells).backward()
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert model.model.vision_tower.sam_encoder.patch_embed.projection.weight.grad.abs().sum() > 0
+    assert trainer.locate_aux_head.weight.grad.abs().sum() > 0
+    trainer.create_optimizer()
+    assert {id(q) for q in trainer.locate_aux_head.parameters()} <= {
+        id(q) for g in trainer.optimizer.param_groups for q in g["params"]}
 
 
 def test_minilm_alias():
@@ -205,7 +265,7 @@ def test_run_instruct_with_ocr_aux_trains_checkpoints_and_resumes(tmp_path):
     def run(max_steps):
         args = ["--config_name", tmp_path / "model_config.json", "--processor_name_or_path", tmp_path / "processor",
                 "--freeze_vision", "False", "--dataset_name", data, "--output_dir", out, "--do_train", "--do_eval",
-                "--ocr_aux_weight", 1.0, "--eval_metrics", "cer", "--max_steps", max_steps, "--save_steps", 2,
+                "--ocr_aux_weight", 1.0, "--locate_aux_weight", 0.5, "--eval_metrics", "cer", "--max_steps", max_steps, "--save_steps", 2,
                 "--per_device_train_batch_size", 4, "--per_device_eval_batch_size", 4, "--logging_steps", 1,
                 "--generation_max_length", 8, "--dataloader_num_workers", 0, "--report_to", "none"]
         r = subprocess.run([sys.executable, str(ROOT / "run_instruct.py"), *map(str, args)], cwd=tmp_path, env=env,
@@ -216,9 +276,11 @@ def test_run_instruct_with_ocr_aux_trains_checkpoints_and_resumes(tmp_path):
     run(2)
     head = torch.load(out / "checkpoint-2" / "ocr_aux_head.pt")
     assert set(head) == {"weight", "bias"}
+    pointer = torch.load(out / "checkpoint-2" / "locate_aux_head.pt")
     state = json.loads((out / "trainer_state.json").read_text())
     logged = [h for h in state["log_history"] if "ocr_aux_loss" in h]
     assert logged and logged[0]["ocr_aux_loss"] > 0
+    assert all(h["locate_aux_loss"] > 0 for h in logged)  # one-line rows have their answer drawn
     assert "eval_cer" in json.loads((out / "all_results.json").read_text())
     assert not any("ocr" in k for k in json.loads((out / "model.safetensors.index.json").read_text())["weight_map"]) \
         if (out / "model.safetensors.index.json").exists() else True
@@ -226,3 +288,4 @@ def test_run_instruct_with_ocr_aux_trains_checkpoints_and_resumes(tmp_path):
     assert "starts afresh" not in r.stderr
     assert (out / "checkpoint-4" / "ocr_aux_head.pt").is_file()
     assert not torch.equal(torch.load(out / "checkpoint-4" / "ocr_aux_head.pt")["weight"], head["weight"])
+    assert not torch.equal(torch.load(out / "checkpoint-4" / "locate_aux_head.pt")["weight"], pointer["weight"])
