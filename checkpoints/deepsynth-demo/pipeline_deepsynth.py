@@ -47,7 +47,7 @@ def generate_with_scores(model, inputs: dict, **generate_kwargs) -> dict[str, to
     generate() chose the token from (`compute_transition_scores(..., normalize_logits=True)`; with beam search, those
     of the beam each token came from).
     """
-    if generate_kwargs.get("num_return_sequences", 1) != 1:
+    if generate_kwargs.get("num_return_sequences", model.generation_config.num_return_sequences or 1) != 1:
         raise ValueError("one answer per request: num_return_sequences must be 1 (call model.generate for several)")
     prompt_length = inputs["input_ids"].shape[1]
     out = model.generate(**inputs, **generate_kwargs, return_dict_in_generate=True, output_scores=True)

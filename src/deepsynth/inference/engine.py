@@ -415,7 +415,8 @@ class InstructionEngine:
         waited = time.perf_counter()
         with self._lock:
             locked = time.perf_counter()
-            expanded = generate_kwargs.get("num_beams", 1) > 1  # beams cannot grow a pre-filled prefix cache
+            # beams cannot grow a pre-filled prefix cache (the checkpoint's generation config may ask for beams too)
+            expanded = generate_kwargs.get("num_beams", self.model.generation_config.num_beams or 1) > 1
             inputs, hits = self._inputs(examples, prefix_cache=not expanded)
             outputs = pipeline_deepsynth.generate_with_scores(self.model, inputs, **generate_kwargs)
             decoded = pipeline_deepsynth.decode_answers(self._decoder, outputs)
