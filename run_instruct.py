@@ -495,18 +495,10 @@ class RenderingCollator:
         )
         if self.return_answer_cells:  # (P_total, g, g), pages in batch order like pixel_values
             pages = batch["num_pages"].tolist()
-            batch["answer_cell_labels"] = torch.cat([self._answer_cells(r, n) for r, n in zip(records, pages)])
+            batch["answer_cell_labels"] = torch.cat([
+                self.processor.answer_cells(r["document"], r["answer"], n) for r, n in zip(records, pages)
+            ])
         return batch
-
-    def _answer_cells(self, record: dict, num_pages: int) -> torch.Tensor:
-        ip = self.processor.image_processor
-        document, answer = record["document"], record.get("answer")
-        if isinstance(document, str) and answer and not os.path.isfile(document):
-            cells = ip.span_cell_mask(document, answer)
-            if len(cells) == num_pages:
-                return cells
-        g = ip.cell_grid()
-        return torch.full((num_pages, g, g), -100, dtype=torch.long)
 
 
 def check_processor_matches_model(processor: DeepSynthProcessor, config: DeepSynthConfig):
@@ -667,7 +659,6 @@ class DeepSynthTrainer(Seq2SeqTrainer):
         grid = global_grid_features(hidden[ids == config.image_token_id], inputs, g, len(answer_cells))  # (P, g, g, D)
         head = self.locate_aux_head
         keys = head(grid.to(head.weight.dtype))[..., self.LOCATE_DIM :].reshape(len(answer_cells), g * g, -1)
-        queries = head(hidden.to(head.weight.dtype))[..., : self.LOCATE_DIM]  # (B, L, d)
         target = answer_cells.to(keys.device).reshape(len(answer_cells), g * g)  # (P, g*g)
         first_page = [0] + torch.cumsum(inputs["num_pages"], 0).tolist()
         losses, hits = [], []
@@ -677,12 +668,13 @@ class DeepSynthTrainer(Seq2SeqTrainer):
             answer = (labels[b] != -100).nonzero().squeeze(1)
             if (where == -100).any() or not (where == 1).any() or len(answer) == 0:
                 continue  # no drawn answer on this sample's pages: no loss
-            scores = queries[b, answer - 1] @ keys[pages].reshape(-1, self.LOCATE_DIM).T / self.LOCATE_DIM**0.5
+            queries = head(hidden[b, answer - 1].to(head.weight.dtype))[:, : self.LOCATE_DIM]  # (A, d)
+            scores = queries @ keys[pages].reshape(-1, self.LOCATE_DIM).T / self.LOCATE_DIM**0.5
             inside = scores.masked_fill(where != 1, float("-inf"))  # (A, cells)
             losses.append((scores.logsumexp(-1) - inside.logsumexp(-1)).mean())
             hits.append(float(where[scores[0].argmax()] == 1))  # the first answer token points inside the answer
         if not losses:
-            aux = (queries.sum() + keys.sum()) * 0.0  # keeps the head in the graph
+            aux = keys.sum() * 0.0  # keeps the head in the graph
             self._record("locate", aux, None)
             return aux
         aux = torch.stack(losses).mean()

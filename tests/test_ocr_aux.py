@@ -133,16 +133,20 @@ def test_collate_gives_cell_labels_for_text_only():
     assert d["line_height"] == 16 and d["ocr_cell_slots"] == 4 and d["ocr_charset"][0] == "!"
 
 
-def test_aux_loss_reaches_the_vision_tower(tmp_path):
+def tiny_trainer(tmp_path, collator_kwargs: dict, **args):
+    """(model, trainer) on the tiny config with these training arguments and RenderingCollator switches."""
     import run_instruct
 
     torch.manual_seed(0)
     p = processor()
     model = DeepSynthForConditionalGeneration(tiny_model_config(p))
-    args = run_instruct.DeepSynthTrainingArguments(output_dir=str(tmp_path), ocr_aux_weight=1.0, use_cpu=True,
-                                                   report_to="none")
-    trainer = run_instruct.DeepSynthTrainer(model=model, args=args, processing_class=p,
-                                            data_collator=run_instruct.RenderingCollator(p, return_char_cells=True))
+    args = run_instruct.DeepSynthTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", **args)
+    collator = run_instruct.RenderingCollator(p, **collator_kwargs)
+    return model, run_instruct.DeepSynthTrainer(model=model, args=args, processing_class=p, data_collator=collator)
+
+
+def test_aux_loss_reaches_the_vision_tower(tmp_path):
+    model, trainer = tiny_trainer(tmp_path, {"return_char_cells": True}, ocr_aux_weight=1.0)
     rows = [{"text": "Abc 123\nxyz", "instruction": "Transcribe the document.", "answer": "Abc 123\nxyz"},
             {"text": "Q9 $4", "instruction": "Free OCR.", "answer": "Q9 $4"}]
     batch = trainer.data_collator(rows)
@@ -185,15 +189,7 @@ def test_span_cell_mask_marks_the_cells_where_the_answer_is_drawn():
 
 
 def test_locating_loss_trains_the_decoder_towards_the_answer_cells(tmp_path):
-    import run_instruct
-
-    torch.manual_seed(0)
-    p = processor()
-    model = DeepSynthForConditionalGeneration(tiny_model_config(p))
-    args = run_instruct.DeepSynthTrainingArguments(output_dir=str(tmp_path), locate_aux_weight=0.5, use_cpu=True,
-                                                   report_to="none")
-    collator = run_instruct.RenderingCollator(p, return_answer_cells=True)
-    trainer = run_instruct.DeepSynthTrainer(model=model, args=args, processing_class=p, data_collator=collator)
+    model, trainer = tiny_trainer(tmp_path, {"return_answer_cells": True}, locate_aux_weight=0.5)
     rows = [{"text": "Tax: $4\nFee: $7", "instruction": "What is the fee?", "answer": "$7"},
             {"text": "Summary text here", "instruction": "Summarize.", "answer": "Not on the page"}]
     batch = trainer.data_collator(rows)

@@ -49,6 +49,15 @@ ORIGINAL_KEY_MAPPING = {
 }
 
 
+def check_placeholder_rows(n_tokens: int, n_rows: int, token_id: int, name: str):
+    """Features are spliced one row per placeholder token: the counts must agree."""
+    if n_tokens != n_rows:
+        raise ValueError(
+            f"{name}: the input has {n_tokens} placeholder tokens (id {token_id}) but {n_rows} feature rows. "
+            "Build inputs with the DeepSynth processor of this checkpoint (same mode / fusion settings)."
+        )
+
+
 def _contiguous_decomposed_rel_pos(self, query, rel_pos_h, rel_pos_w, q_size, k_size):
     """unlimited_ocr SAM's `get_decomposed_rel_pos`, with the two einsum outputs made contiguous before the
     broadcast add: the (B*heads, h, w, h, w) bias then comes out in its final layout and the attention's reshape is
@@ -290,12 +299,7 @@ class DeepSynthModel(DeepSynthPreTrainedModel):
     def _splice(inputs_embeds, input_ids, token_id, features, name):
         """Scatter `features` rows into the positions of `token_id`, in sequence order; counts must agree."""
         mask = input_ids == token_id
-        n_tokens, n_rows = int(mask.sum()), features.shape[0]
-        if n_tokens != n_rows:
-            raise ValueError(
-                f"{name}: the input has {n_tokens} placeholder tokens (id {token_id}) but {n_rows} feature rows. "
-                "Build inputs with the DeepSynth processor of this checkpoint (same mode / fusion settings)."
-            )
+        check_placeholder_rows(int(mask.sum()), features.shape[0], token_id, name)
         mask = mask.unsqueeze(-1).expand_as(inputs_embeds)
         return inputs_embeds.masked_scatter(mask, features.to(inputs_embeds.device, inputs_embeds.dtype))
 
@@ -483,9 +487,7 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
             features = torch.cat(self.get_image_features(
                 pages["pixel_values"], pages["pixel_values_local"], pages["images_spatial_crop"]))
         rows_per_sample = (input_ids == self.config.image_token_id).sum(dim=1).tolist()
-        if sum(rows_per_sample) != features.shape[0]:
-            raise ValueError(f"image: the input has {sum(rows_per_sample)} placeholder tokens (id "
-                             f"{self.config.image_token_id}) but {features.shape[0]} feature rows")
+        check_placeholder_rows(sum(rows_per_sample), features.shape[0], self.config.image_token_id, "image")
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size, is_encoder_decoder, input_ids, **model_kwargs)
         per_sample = features.split(rows_per_sample)  # sample b's rows, in sequence order

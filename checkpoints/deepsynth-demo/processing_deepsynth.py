@@ -420,10 +420,11 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         the number of pages `preprocess` makes of `text` (first `max_pages` pages). Geometries without a
         squashed global view (crop mode, views > 640 px) have no cell mapping: every entry is -100 there.
         """
-        pages, g = self._cell_layout(text, mode, max_pages)
-        slots = self.ocr_cell_slots
-        if g < 0:
-            return torch.full((len(pages), -g, -g, slots), -100, dtype=torch.long)
+        pages = self.layout_text(text)[: self.max_pages if max_pages is None else max_pages]
+        g, slots = self.cell_grid(mode), self.ocr_cell_slots
+        if g is None:
+            side = self.label_grid_side(mode)
+            return torch.full((len(pages), side, side, slots), -100, dtype=torch.long)
         index = {ch: i + 1 for i, ch in enumerate(self.ocr_charset)}
         out = torch.zeros((len(pages), g, g, slots), dtype=torch.long)
         for p, _, line, cells in self._line_cells(pages, g):
@@ -440,9 +441,11 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         non-space character of an occurrence of `span` within one line, 0 elsewhere; -100 everywhere when `span`
         is on no line (wrapped across lines, not in the text) or the geometry has no cell mapping. For the
         training-only locating loss (run_instruct `--locate_aux_weight`): the renderer knows where the answer is."""
-        pages, g = self._cell_layout(text, mode, max_pages)
-        if g < 0:
-            return torch.full((len(pages), -g, -g), -100, dtype=torch.long)
+        pages = self.layout_text(text)[: self.max_pages if max_pages is None else max_pages]
+        g = self.cell_grid(mode)
+        if g is None:
+            side = self.label_grid_side(mode)
+            return torch.full((len(pages), side, side), -100, dtype=torch.long)
         out = torch.zeros((len(pages), g, g), dtype=torch.long)
         span = span.strip()
         for p, _, line, cells in self._line_cells(pages, g) if span else ():
@@ -454,14 +457,10 @@ class DeepSynthImageProcessor(BaseImageProcessor):
                 start = line.find(span, start + 1)
         return out if out.any() else out.fill_(-100)
 
-    def _cell_layout(self, text: str, mode, max_pages) -> tuple[list[list[str]], int]:
-        """(pages of lines as `preprocess` renders them, grid side g); -side when there is no cell mapping."""
-        pages = self.layout_text(text)[: self.max_pages if max_pages is None else max_pages]
-        g = self.cell_grid(mode)
-        if g is None:
-            base_size, image_size, crop_mode = self.geometry(mode)
-            return pages, -vision_grid_size(base_size if crop_mode else image_size, self.patch_size, self.downsample_ratio)
-        return pages, g
+    def label_grid_side(self, mode=None) -> int:
+        """Side of the global view's vision grid: the shape of per-cell labels, whether or not pages map onto it."""
+        base_size, image_size, crop_mode = self.geometry(mode)
+        return vision_grid_size(base_size if crop_mode else image_size, self.patch_size, self.downsample_ratio)
 
     def _line_cells(self, pages: list[list[str]], g: int):
         """(page, line index, line, [(row, col) or None per character]) for every line drawn on a g x g grid:
@@ -815,13 +814,25 @@ class DeepSynthProcessor(ProcessorMixin):
 
     def _char_cells(self, document, vision, mode) -> torch.Tensor:
         ip = self.image_processor
+        return self._text_page_labels(document, len(vision["pixel_values"]), mode,
+                                      lambda text: ip.char_cell_labels(text, mode=mode), ip.ocr_cell_slots)
+
+    def answer_cells(self, document, answer: str | None, num_pages: int, mode=None) -> torch.Tensor:
+        """(num_pages, g, g): where `answer` is drawn on this document's pages (`image_processor.span_cell_mask`),
+        for the training-only locating loss. -100 everywhere (no loss) for images, PDFs, files, lists of pages and
+        rows without an answer."""
+        ip = self.image_processor
+        return self._text_page_labels(document, num_pages, mode, lambda text: ip.span_cell_mask(text, answer or "", mode=mode))
+
+    def _text_page_labels(self, document, num_pages: int, mode, labels_of, *tail) -> torch.Tensor:
+        """`labels_of(text)` for a plain text document (a str that is not a file path) when it has one entry per
+        rendered page; else (num_pages, g, g, *tail) of -100 (no loss)."""
         if isinstance(document, str) and not os.path.isfile(document):
-            labels = ip.char_cell_labels(document, mode=mode)
-            if len(labels) == len(vision["pixel_values"]):
+            labels = labels_of(document)
+            if len(labels) == num_pages:
                 return labels
-        base_size, image_size, crop_mode = ip.geometry(mode)
-        g = vision_grid_size(base_size if crop_mode else image_size, ip.patch_size, ip.downsample_ratio)
-        return torch.full((len(vision["pixel_values"]), g, g, ip.ocr_cell_slots), -100, dtype=torch.long)
+        g = self.image_processor.label_grid_side(mode)
+        return torch.full((num_pages, g, g, *tail), -100, dtype=torch.long)
 
     def __call__(
         self, document=None, instruction=None, answer=None, return_tensors=None, mode=None, padding_side="left"

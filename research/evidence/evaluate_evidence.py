@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 
+from deepsynth.evaluation.evaluate import evaluate  # noqa: E402
 from deepsynth.evaluation.metrics import compute_metrics  # noqa: E402
 from deepsynth.inference.engine import InstructionEngine  # noqa: E402
-from processing_deepsynth import row_document  # noqa: E402
 
 
 def last_line(text: str) -> str:
@@ -33,10 +33,7 @@ def main():
     report = {}
     for split in ("validation", "test_values", "test_paraphrases", "test_layouts"):
         rows = [r for r in map(json.loads, open(Path(args.data) / f"{split}.jsonl")) if r["task"] == "qa"]
-        raw = []
-        for start in range(0, len(rows), 16):
-            batch = rows[start : start + 16]
-            raw += engine.generate_batch([row_document(r) for r in batch], [r["instruction"] for r in batch], 64)
+        raw = [r["prediction"] for r in evaluate(engine, rows, ("exact_match",), 16, 64)[1]]
         answers = [last_line(t) for t in raw]
         scores = compute_metrics(answers, [r["answer"] for r in rows], metrics=("exact_match", "f1_score"))
         with_evidence = sum("\n" in t.strip() for t in raw)
