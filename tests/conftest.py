@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURE_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "deepseek-ocr-reference"
+# Our own copy of the original DeepSeek-OCR reference outputs (tests/fixtures/deepseek-ocr-reference/README.md):
+# a clone of this repository runs its tests with nothing beside it.
+FIXTURE_DIR = REPO_ROOT / "tests" / "fixtures" / "deepseek-ocr-reference"
 for path in (REPO_ROOT, REPO_ROOT / "src"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))

@@ -1,4 +1,4 @@
-"""Parity with the ORIGINAL DeepSeek-OCR code: ../shared/fixtures/deepseek-ocr-reference (see its README).
+"""Parity with the ORIGINAL DeepSeek-OCR code: tests/fixtures/deepseek-ocr-reference (see its README).
 
 The tiny reference model is loaded from the original key layout through our converter; every stage must match the
 upstream tensors within 1e-4 (observed platform noise ~5e-6), ids and expert choices exactly.

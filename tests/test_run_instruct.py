@@ -150,7 +150,7 @@ def tiny_original_folder(work) -> Path:
     if folder.exists():
         return folder
     folder.mkdir()
-    fixture = ROOT.parent / "shared" / "fixtures" / "deepseek-ocr-reference"
+    fixture = ROOT / "tests" / "fixtures" / "deepseek-ocr-reference"
     shutil.copy(fixture / "model.safetensors", folder / "model.safetensors")
     ref = json.loads((fixture / "reference_config.json").read_text())
     dec = ref["decoder"]
