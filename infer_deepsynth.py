@@ -20,10 +20,10 @@ from PIL import Image, ImageDraw, ImageFont
 from transformers import TextStreamer
 
 try:
-    from .generation_deepsynth import exempt_token_ids
+    from .generation_deepsynth import resolve_guard_kwarg
     from .processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor
 except ImportError:  # imported from the repo root rather than as remote code
-    from generation_deepsynth import exempt_token_ids
+    from generation_deepsynth import resolve_guard_kwarg
     from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor
 
 # Upstream's generation settings: greedy, at most 8192 new tokens, n-gram ban 20 when streaming, 35 in eval mode.
@@ -56,6 +56,9 @@ def infer_inputs(model, tokenizer, prompt, image_file, base_size, image_size, cr
     )
     instruction_tokenizer, settings = None, {}
     if instruction is not None:
+        if model.config.instruction_fusion == "none":
+            raise ValueError("this model has no instruction encoder: write the instruction into the prompt")
+        # the checkpoint's own instruction tokenizer and fusion settings (the tokenizer argument is the decoder's)
         checkpoint = DeepSynthProcessor.from_pretrained(model.name_or_path)
         instruction_tokenizer = checkpoint.instruction_tokenizer
         settings = {
@@ -182,8 +185,7 @@ def infer(
     }
     if not eval_mode:
         settings["streamer"] = _EosAsNewlineStreamer(tokenizer, skip_prompt=True, skip_special_tokens=False)
-    if generate_kwargs.get("repetition_guard") is True:  # the OCR tokenizer's table cells are exempt
-        generate_kwargs["repetition_guard"] = {"exempt_token_ids": exempt_token_ids(tokenizer)}
+    generate_kwargs = resolve_guard_kwarg(generate_kwargs, tokenizer)  # table cells exempt from the guard
     with torch.no_grad():
         output_ids = model.generate(**inputs, **{**settings, **generate_kwargs})
     new_ids = output_ids[0, inputs["input_ids"].shape[1] :]

@@ -68,12 +68,13 @@ def exempt_token_ids(tokenizer) -> list[int]:
     return ids
 
 
-def repetition_guard(spec, default_exempt_token_ids=()) -> NGramRepetitionGuard | None:
+def repetition_guard(spec, tokenizer=None) -> LogitsProcessor | None:
     """The guard a `repetition_guard=` argument asks for: None / False: none; True: the defaults (n-gram 30 in a
-    90-token window); a dict of NGramRepetitionGuard arguments; or a guard, used as it is."""
+    90-token window); a dict of NGramRepetitionGuard arguments; or a guard, used as it is. With a `tokenizer`, its
+    `<td>` / `</td>` are exempt unless the dict names `exempt_token_ids`."""
     if spec is None or spec is False:
         return None
-    if isinstance(spec, NGramRepetitionGuard):
+    if isinstance(spec, LogitsProcessor):  # a guard (possibly from another copy of this remote module)
         return spec
     if spec is True:
         spec = {}
@@ -82,7 +83,17 @@ def repetition_guard(spec, default_exempt_token_ids=()) -> NGramRepetitionGuard 
     unknown = set(spec) - {"ngram_size", "window_size", "exempt_token_ids"}
     if unknown:
         raise ValueError(f"repetition_guard: unknown settings {sorted(unknown)}")
-    return NGramRepetitionGuard(**{"exempt_token_ids": default_exempt_token_ids, **spec})
+    exempt = exempt_token_ids(tokenizer) if tokenizer is not None else ()
+    return NGramRepetitionGuard(**{"exempt_token_ids": exempt, **spec})
 
 
-__all__ = ["NGramRepetitionGuard", "exempt_token_ids", "repetition_guard"]
+def resolve_guard_kwarg(generate_kwargs: dict, tokenizer) -> dict:
+    """generate() kwargs with a `repetition_guard=True` / dict turned into a guard that exempts the tokenizer's
+    table-cell tokens (for callers that hold the tokenizer: infer(), the pipeline, the engine)."""
+    spec = generate_kwargs.get("repetition_guard")
+    if spec is True or isinstance(spec, dict):
+        return {**generate_kwargs, "repetition_guard": repetition_guard(spec, tokenizer)}
+    return generate_kwargs
+
+
+__all__ = ["NGramRepetitionGuard", "exempt_token_ids", "repetition_guard", "resolve_guard_kwarg"]
