@@ -163,10 +163,11 @@ class DeepSynthPreTrainedModel(PreTrainedModel):
             weight is an error that names it: a DeepSynth checkpoint holds every weight, so a missing one means a
             truncated or mismatched checkpoint, never something to fill with random numbers silently.
         """
+        allow_missing = (allow_missing,) if isinstance(allow_missing, str) else tuple(allow_missing)
         _check_safetensors_files(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        missing = sorted(k for k in info["missing_keys"] if not k.startswith(tuple(allow_missing)))
+        missing = sorted(k for k in info["missing_keys"] if not k.startswith(allow_missing))
         if missing:
             raise ValueError(
                 f"{pretrained_model_name_or_path} lacks {len(missing)} weight tensors of {cls.__name__}: "
