@@ -195,8 +195,8 @@ def test_infer_bad_calls(reference, fixture_dir):
 
 
 def test_prompt_with_fused_instruction_layout():
-    """instruction= next to an original prompt: the encoder's placeholders follow the image tokens, like our
-    trained layout ("\\n", <instruction> x k, then the prompt's own text)."""
+    """instruction= next to an original prompt: laid out as in training ("\\n", <instruction> x k, then the
+    prompt's own text where training has the decoder instruction text, then the answer separator)."""
     from _processor_helpers import byte_ids, minilm_tokenizer
 
     from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor
@@ -204,11 +204,42 @@ def test_prompt_with_fused_instruction_layout():
     processor = DeepSynthProcessor(DeepSynthImageProcessor(mode=None, base_size=128), byte_tokenizer(300, 301),
                                    minilm_tokenizer())
     page = Image.new("RGB", (100, 80), "white")
-    ex = processor.encode_example([page], "total?", prompt=" Page 1: <image>\n")
+    ex = processor.encode_example([page], "total?", prompt=" Page 1: <image>\nFree OCR. ")
     k = len(ex["instruction_input_ids"])
-    assert ex["input_ids"] == [0] + byte_ids("Page 1: ") + [300] * 7 + byte_ids("\n") + [301] * k + byte_ids("\n")[:0]
-    trained = processor.encode_example([page], "total?")  # same tail as the trained layout minus the separator
-    assert trained["input_ids"][-(k + 2):] == byte_ids("\n") + [301] * k + byte_ids("\n")
+    assert ex["input_ids"] == ([0] + byte_ids("Page 1: ") + [300] * 7 + byte_ids("\n") + [301] * k
+                               + byte_ids("\nFree OCR.") + byte_ids("\n"))
+    # nothing after <image>: exactly the trained prompt
+    assert processor.encode_example([page], "total?", prompt="<image>\n")["input_ids"] == processor.encode_example(
+        [page], "total?")["input_ids"]
+
+
+def test_infer_with_a_fused_instruction_equals_the_processor_path(tmp_path):
+    """On the fused demo checkpoint: infer(prompt="<image>\\n", instruction=...) builds exactly the trained prompt
+    (the processor's own layout) and answers as generate() on it."""
+    from transformers import AutoTokenizer
+
+    from infer_deepsynth import infer_inputs
+    from processing_deepsynth import DeepSynthProcessor
+
+    model = DeepSynthForConditionalGeneration.from_pretrained(DEMO).eval()
+    tokenizer = AutoTokenizer.from_pretrained(DEMO, trust_remote_code=True)  # as DeepSeek-OCR users load it
+    processor = DeepSynthProcessor.from_pretrained(DEMO)
+    ip = processor.image_processor
+    ip.bf16_round = True  # as infer() (upstream rounds its pixels through bfloat16)
+    page = tmp_path / "page.png"
+    ip.render_text("Invoice 7. Total: 42 EUR.")[0].save(page)
+    geometry = dict(base_size=ip.base_size, image_size=ip.image_size, crop_mode=ip.crop_mode)
+    question = "What is the total?"
+    inputs, _, _ = infer_inputs(model, tokenizer, "<image>\n", str(page), *geometry.values(), instruction=question)
+    trained = processor(document=str(page), instruction=question, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "pixel_values", "instruction_input_ids", "images_spatial_crop"):
+        assert torch.equal(inputs[key], trained[key]), key
+    text = model.infer(tokenizer, prompt="<image>\n", image_file=str(page), **geometry, instruction=question,
+                       eval_mode=True, max_new_tokens=24)
+    trained.pop("num_pages")
+    ids = model.generate(**trained, do_sample=False, max_new_tokens=24, no_repeat_ngram_size=35)
+    expected = tokenizer.decode(ids[0, trained["input_ids"].shape[1] :], skip_special_tokens=False)
+    assert text == expected.removesuffix(tokenizer.eos_token).strip() and text
 
 
 def test_grounding_boxes_crops_and_markdown(tmp_path):

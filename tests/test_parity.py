@@ -221,13 +221,13 @@ def test_infer_inputs_equal_upstream(model, data, fixture_dir, item, page, size,
     inp, _ = data
     tokenizer = byte_tokenizer(image_token_id=511)
     expected = upstream_ids(fixture_dir, item, 511)
-    inputs, _ = infer_inputs(model, tokenizer, prompt, str(fixture_dir / page), size, size, False)
+    inputs, _, _ = infer_inputs(model, tokenizer, prompt, str(fixture_dir / page), size, size, False)
     assert inputs["input_ids"][0].tolist() == expected
     assert torch.equal(inputs["pixel_values"], inp[f"item{item}.images_ori"])  # bf16-rounded as upstream
     assert inputs["images_spatial_crop"].tolist() == [[1, 1]]
     # Text before <image> (upstream's "Page 1: <image>\n..." prompts): bos, that text, then the same image tokens
     # and text after, as upstream's infer() lays them out (each split tokenised on its own).
-    paged, _ = infer_inputs(model, tokenizer, "Page 1: " + prompt, str(fixture_dir / page), size, size, False)
+    paged, _, _ = infer_inputs(model, tokenizer, "Page 1: " + prompt, str(fixture_dir / page), size, size, False)
     assert paged["input_ids"][0].tolist() == [0] + byte_ids("Page 1: ") + expected[1:]
 
 

@@ -20,11 +20,13 @@ from PIL import Image, ImageDraw, ImageFont
 from transformers import TextStreamer
 
 try:
+    from .configuration_deepsynth import vision_grid_size
     from .generation_deepsynth import resolve_guard_kwarg
-    from .processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor
+    from .processing_deepsynth import SQUASH_MAX, DeepSynthImageProcessor, DeepSynthProcessor
 except ImportError:  # imported from the repo root rather than as remote code
+    from configuration_deepsynth import vision_grid_size
     from generation_deepsynth import resolve_guard_kwarg
-    from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor
+    from processing_deepsynth import SQUASH_MAX, DeepSynthImageProcessor, DeepSynthProcessor
 
 # Upstream's generation settings: greedy, at most 8192 new tokens, n-gram ban 20 when streaming, 35 in eval mode.
 MAX_NEW_TOKENS = 8192
@@ -45,14 +47,16 @@ class _EosAsNewlineStreamer(TextStreamer):
 
 
 def infer_inputs(model, tokenizer, prompt, image_file, base_size, image_size, crop_mode, instruction=None):
-    """(model inputs (batch of 1), the page images) for one `infer()` call, built by our processor."""
+    """(model inputs (batch of 1), the page images, the image processor) for one `infer()` call, built by our
+    processor."""
     if not prompt:
         raise ValueError("infer() needs a prompt, e.g. '<image>\\nFree OCR. '")
     if not image_file:
         raise ValueError("infer() needs an image_file (the page to read)")
     # bf16_round: upstream casts its pixels to bfloat16 before the model, whatever the model's dtype.
     image_processor = DeepSynthImageProcessor(
-        mode=None, base_size=base_size, image_size=image_size, crop_mode=crop_mode, bf16_round=True
+        mode=None, base_size=base_size, image_size=image_size, crop_mode=crop_mode, bf16_round=True,
+        patch_size=model.config.patch_size, downsample_ratio=model.config.downsample_ratio,
     )
     instruction_tokenizer, settings = None, {}
     if instruction is not None:
@@ -75,23 +79,24 @@ def infer_inputs(model, tokenizer, prompt, image_file, base_size, image_size, cr
     example = processor.encode_example(pages, instruction, prompt=prompt)
     inputs = processor.collate([example])
     inputs.pop("num_pages")
-    return inputs.to(model.device), pages
+    return inputs.to(model.device), pages, image_processor
 
 
-def valid_image_tokens(page: Image.Image, inputs, base_size: int, image_size: int, crop_mode: bool) -> int:
+def valid_image_tokens(page: Image.Image, inputs, image_processor) -> int:
     """Upstream's `test_compress` count: vision tokens that cover the page, i.e. a letterboxed global view counts
     only the share of the page (min side / max side), a squashed one counts fully, plus every local tile."""
-    def grid(size):
-        return math.ceil(size // 16 / 4)
+    base_size, image_size, crop_mode = image_processor.geometry()
 
-    global_size = base_size if crop_mode else image_size
-    letterboxed = crop_mode or image_size > 640
+    def tokens(size):
+        return vision_grid_size(size, image_processor.patch_size, image_processor.downsample_ratio) ** 2
+
+    letterboxed = crop_mode or image_size > SQUASH_MAX
     ratio = min(page.size) / max(page.size) if letterboxed else 1.0
-    tokens = int(grid(global_size) ** 2 * ratio)
+    count = int(tokens(base_size if crop_mode else image_size) * ratio)
     width_tiles, height_tiles = inputs["images_spatial_crop"][0].tolist()
     if width_tiles * height_tiles > 1:
-        tokens += width_tiles * height_tiles * grid(image_size) ** 2
-    return tokens
+        count += width_tiles * height_tiles * tokens(image_size)
+    return count
 
 
 def parse_grounding(text: str) -> list[tuple[str, str, list[list[float]]]]:
@@ -175,7 +180,9 @@ def infer(
         raise ValueError("save_results=True needs an output_path")
     if output_path:
         os.makedirs(os.path.join(output_path, "images"), exist_ok=True)
-    inputs, pages = infer_inputs(model, tokenizer, prompt, image_file, base_size, image_size, crop_mode, instruction)
+    inputs, pages, image_processor = infer_inputs(
+        model, tokenizer, prompt, image_file, base_size, image_size, crop_mode, instruction
+    )
     settings = {
         "do_sample": False,
         "max_new_tokens": MAX_NEW_TOKENS,
@@ -197,7 +204,7 @@ def infer(
         return text
     if test_compress:
         text_tokens = len(tokenizer.encode(text, add_special_tokens=False))
-        image_tokens = valid_image_tokens(pages[0], inputs, base_size, image_size, crop_mode)
+        image_tokens = valid_image_tokens(pages[0], inputs, image_processor)
         print("=" * 50)
         print("image size: ", pages[0].size)
         print("valid image tokens: ", image_tokens)

@@ -772,7 +772,8 @@ class DeepSynthProcessor(ProcessorMixin):
         prompt: an original DeepSeek-OCR prompt with one `<image>` ("<image>\\nFree OCR. ", "Page 1: <image>\\n...")
         instead of our layout: ids = bos, its text before `<image>`, the image tokens, its text after, tokenised as
         upstream infer() does (stripped, special tokens such as `<|grounding|>` kept). `instruction` may then be
-        None; given, it goes to the instruction encoder only, its placeholders right after the image tokens.
+        None; given, it goes to the instruction encoder only, laid out as in training: image tokens, "\\n",
+        <instruction> x k, the prompt's text after `<image>`, the answer separator.
 
         vision: this document's page layout from an earlier call (`image_processor.preprocess` output, or only its
         `images_spatial_crop` and `num_image_tokens` when the caller holds the vision features already, e.g. a
@@ -806,8 +807,11 @@ class DeepSynthProcessor(ProcessorMixin):
             example["instruction_input_ids"] = list(enc["input_ids"])
             example["instruction_attention_mask"] = list(enc["attention_mask"])
             k = len(enc["input_ids"]) if self.instruction_fusion == "tokens" else self.num_pooled_instruction_tokens
-        if prompt is not None:  # upstream's layout; a fused instruction's placeholders follow the image tokens
-            text = (self._text_ids("\n") + [self.instruction_token_id] * k if k else []) + self._prompt_ids(after)
+        if prompt is not None:  # upstream's layout, or with a fused instruction our trained one around the prompt
+            text = self._prompt_ids(after)
+            if k:
+                placeholders = self._text_ids("\n") + [self.instruction_token_id] * k
+                text = placeholders + text + self._text_ids(self.answer_separator)
         else:
             tail = (instruction if self.instruction_in_decoder else "") + self.answer_separator
             text = (
