@@ -7,7 +7,7 @@
 
 `document` is anything the DeepSynth processor reads: text, a file path (.txt/.md, image, .pdf), PDF or image bytes,
 a PIL image, or a list of those as the pages of one document. Generation kwargs (max_new_tokens, do_sample,
-temperature, top_p, ...) go to `generate()` unchanged.
+temperature, top_p, ..., `repetition_guard=True`: the windowed n-gram guard) go to `generate()`.
 
 `score` is the answer's confidence: the geometric mean of the probabilities of the generated tokens (the end-of-
 sequence token included) under the distribution generate() picked each of them from, i.e. after its logits
@@ -25,9 +25,11 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
 try:
+    from .generation_deepsynth import resolve_guard_kwarg
     from .modeling_deepsynth import DeepSynthForConditionalGeneration
     from .processing_deepsynth import DeepSynthProcessor
 except ImportError:  # imported from the repo root rather than as remote code
+    from generation_deepsynth import resolve_guard_kwarg
     from modeling_deepsynth import DeepSynthForConditionalGeneration
     from processing_deepsynth import DeepSynthProcessor
 
@@ -137,6 +139,7 @@ class DocumentInstructionPipeline(Pipeline):
         if not torch.is_tensor(model_inputs["input_ids"]):  # a single example from `preprocess`
             model_inputs = self._ensure_tensor_on_device(self.processor.collate([model_inputs]), self.device)
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {})
+        generate_kwargs = resolve_guard_kwarg(generate_kwargs, self.processor.tokenizer)  # repetition_guard=True
         return generate_with_scores(self.model, dict(model_inputs), **generate_kwargs)
 
     def postprocess(self, model_outputs):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from transformers import AutoTokenizer, BatchFeature
+from transformers import AutoTokenizer, BatchFeature, PretrainedConfig
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
@@ -712,9 +712,12 @@ class DeepSynthProcessor(ProcessorMixin):
         # The tokenizers are plain ones; only the checkpoint's config.json names remote code. Without this,
         # AutoTokenizer would read that config and stop to ask "run the custom code? [y/N]".
         kwargs["trust_remote_code"] = bool(kwargs.get("trust_remote_code"))
+        # A blank config: the tokenizer class is named by tokenizer_config.json, and AutoTokenizer would otherwise
+        # read our config.json as a generic config and warn "model of type deepsynth ... of type ''" on every load.
+        blank = {"config": kwargs.pop("config", None) or PretrainedConfig()}
         args = [
             DeepSynthImageProcessor.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs),
-            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **blank, **kwargs),
             None,
         ]
         if (processor_dict or {}).get("instruction_fusion", "none") != "none":  # saved in its own subfolder
@@ -762,8 +765,15 @@ class DeepSynthProcessor(ProcessorMixin):
         mode=None,
         return_char_cells: bool = False,
         vision: dict | None = None,
+        prompt: str | None = None,
     ) -> dict:
         """One sample, un-batched (lists and per-sample tensors): what `collate` pads into a batch.
+
+        prompt: an original DeepSeek-OCR prompt with one `<image>` ("<image>\\nFree OCR. ", "Page 1: <image>\\n...")
+        instead of our layout: ids = bos, its text before `<image>`, the image tokens, its text after, tokenised as
+        upstream infer() does (stripped, special tokens such as `<|grounding|>` kept). `instruction` may then be
+        None; given, it goes to the instruction encoder only, laid out as in training: image tokens, "\\n",
+        <instruction> x k, the prompt's text after `<image>`, the answer separator.
 
         vision: this document's page layout from an earlier call (`image_processor.preprocess` output, or only its
         `images_spatial_crop` and `num_image_tokens` when the caller holds the vision features already, e.g. a
@@ -773,11 +783,13 @@ class DeepSynthProcessor(ProcessorMixin):
         each page (`DeepSynthImageProcessor.char_cell_labels`), for the training-only reading loss. Only a plain
         text document (a str that is not a file path) has them; images, PDFs, files and lists of pages get -100
         everywhere (no loss)."""
-        if not isinstance(instruction, str) or not instruction.strip():
+        before, after = self._split_prompt(prompt, instruction) if prompt is not None else (None, None)
+        needs_instruction = prompt is None or instruction is not None
+        if needs_instruction and (not isinstance(instruction, str) or not instruction.strip()):
             raise ValueError(f"empty instruction: expected a non-empty string, got {instruction!r}")
         if answer is not None and not isinstance(answer, str):
             raise ValueError(f"answer must be a string or None, got {type(answer).__name__}")
-        instruction = instruction.rstrip()  # upstream strips its prompt
+        instruction = instruction and instruction.rstrip()  # upstream strips its prompt
         if vision is None:
             vision = self.image_processor.preprocess(document, mode=mode)
         example = {
@@ -790,18 +802,25 @@ class DeepSynthProcessor(ProcessorMixin):
         if return_char_cells:
             example["ocr_cell_labels"] = self._char_cells(document, vision, mode)
         k = 0
-        if self.instruction_tokenizer is not None:
+        if self.instruction_tokenizer is not None and instruction is not None:
             enc = self.instruction_tokenizer(instruction, truncation=True, max_length=self.max_instruction_length)
             example["instruction_input_ids"] = list(enc["input_ids"])
             example["instruction_attention_mask"] = list(enc["attention_mask"])
             k = len(enc["input_ids"]) if self.instruction_fusion == "tokens" else self.num_pooled_instruction_tokens
-        tail = (instruction if self.instruction_in_decoder else "") + self.answer_separator
-        text = (
-            self._text_ids("\n" + tail)
-            if k == 0
-            else (self._text_ids("\n") + [self.instruction_token_id] * k + self._text_ids(tail))
-        )
-        ids = [self.tokenizer.bos_token_id] + [self.image_token_id] * int(vision["num_image_tokens"].sum()) + text
+        if prompt is not None:  # upstream's layout, or with a fused instruction our trained one around the prompt
+            text = self._prompt_ids(after)
+            if k:
+                placeholders = self._text_ids("\n") + [self.instruction_token_id] * k
+                text = placeholders + text + self._text_ids(self.answer_separator)
+        else:
+            tail = (instruction if self.instruction_in_decoder else "") + self.answer_separator
+            text = (
+                self._text_ids("\n" + tail)
+                if k == 0
+                else (self._text_ids("\n") + [self.instruction_token_id] * k + self._text_ids(tail))
+            )
+        ids = [self.tokenizer.bos_token_id] + self._prompt_ids(before or "")
+        ids += [self.image_token_id] * int(vision["num_image_tokens"].sum()) + text
         labels = None
         if answer is not None:
             target = self._text_ids(answer.strip()) + [self.tokenizer.eos_token_id]
@@ -811,6 +830,22 @@ class DeepSynthProcessor(ProcessorMixin):
         if labels is not None:
             example["labels"] = labels
         return example
+
+    def _split_prompt(self, prompt: str, instruction) -> tuple[str, str]:
+        """(text before, text after) the one `<image>` of an original-style prompt, stripped as upstream's
+        'plain' template does."""
+        if not isinstance(prompt, str) or prompt.strip().count(IMAGE_TOKEN) != 1 or INSTRUCTION_TOKEN in prompt:
+            raise ValueError(
+                f"prompt must hold exactly one {IMAGE_TOKEN} (and no {INSTRUCTION_TOKEN}), got {prompt!r:.80}"
+            )
+        if instruction is not None and self.instruction_tokenizer is None:
+            raise ValueError("this processor has no instruction encoder: write the instruction into the prompt")
+        before, after = prompt.strip().split(IMAGE_TOKEN)
+        return before, after
+
+    def _prompt_ids(self, text: str) -> list[int]:
+        # upstream's text_encode: the tokenizer's own encoding, special tokens (<|grounding|>, ...) recognised
+        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
     def _char_cells(self, document, vision, mode) -> torch.Tensor:
         ip = self.image_processor

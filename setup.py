@@ -20,6 +20,8 @@ setup(
         "modeling_deepsynth",
         "processing_deepsynth",
         "pipeline_deepsynth",
+        "generation_deepsynth",
+        "infer_deepsynth",
         "run_instruct",
     ],
     include_package_data=True,

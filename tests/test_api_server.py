@@ -202,7 +202,7 @@ def test_health_and_openapi(server):
     assert {"/api/inference/instruct", "/api/inference/upload", "/api/inference/stream", "/api/inference/upload/stream",
             "/api/inference/pages", "/api/inference/pages/upload", "/api/health"} <= set(schema["paths"])
     fields = schema["components"]["schemas"]["InstructRequest"]["properties"]
-    assert set(fields) == {"document", "instruction", "max_length", "temperature"}
+    assert set(fields) == {"document", "instruction", "max_length", "temperature", "repetition_guard"}
     assert fields["max_length"]["maximum"] == 1024
 
 

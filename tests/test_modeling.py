@@ -325,8 +325,9 @@ def test_save_load_round_trip_and_fresh_process_remote_code(tmp_path):
             assert type(m).__name__ == "DeepSynthForConditionalGeneration"
             assert type(m).__module__.startswith("transformers_modules"), type(m).__module__
             torch.testing.assert_close(m(**inputs).logits, expected, atol=0, rtol=0)
-        base = AutoModel.from_pretrained(d, trust_remote_code=True)
-        assert type(base).__name__ == "DeepSynthModel"
+        base = AutoModel.from_pretrained(d, trust_remote_code=True)  # as DeepSeek-OCR: the generation class
+        assert type(base).__name__ == "DeepSynthForConditionalGeneration"
+        assert type(base.model).__name__ == "DeepSynthModel"
         print("FRESH-OK")
         """
     )

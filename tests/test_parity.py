@@ -198,3 +198,54 @@ def test_converter_script_writes_loadable_checkpoint(fixture_dir, tmp_path, data
         )
     real = inp["tf_attention_mask"].bool()
     torch.testing.assert_close(out.logits[real], exp["logits"][real], atol=ATOL, rtol=ATOL)
+
+
+# ---- the original's entry point: model.infer(tokenizer, prompt=..., image_file=..., ...) --------------------------
+INFER_CASES = [  # (item, page, view size, prompt): the prompts upstream infer() was given for the fixture
+    (0, "page_a.png", 256, "<image>\nFree OCR. "),
+    (1, "page_b.png", 160, "<image>\n<|grounding|>Convert the document to markdown. "),
+]
+
+
+def upstream_ids(fixture_dir, item, image_token_id) -> list[int]:
+    pre = load_file(fixture_dir / "preprocess.safetensors")
+    ids = pre[f"item{item}.input_ids_upstream"]
+    return torch.where(ids == 128815, image_token_id, ids).tolist()  # the fixture's 511 substitution
+
+
+@pytest.mark.parametrize("item,page,size,prompt", INFER_CASES)
+def test_infer_inputs_equal_upstream(model, data, fixture_dir, item, page, size, prompt):
+    from _processor_helpers import byte_ids, byte_tokenizer
+    from infer_deepsynth import infer_inputs
+
+    inp, _ = data
+    tokenizer = byte_tokenizer(image_token_id=511)
+    expected = upstream_ids(fixture_dir, item, 511)
+    inputs, _, _ = infer_inputs(model, tokenizer, prompt, str(fixture_dir / page), size, size, False)
+    assert inputs["input_ids"][0].tolist() == expected
+    assert torch.equal(inputs["pixel_values"], inp[f"item{item}.images_ori"])  # bf16-rounded as upstream
+    assert inputs["images_spatial_crop"].tolist() == [[1, 1]]
+    # Text before <image> (upstream's "Page 1: <image>\n..." prompts): bos, that text, then the same image tokens
+    # and text after, as upstream's infer() lays them out (each split tokenised on its own).
+    paged, _, _ = infer_inputs(model, tokenizer, "Page 1: " + prompt, str(fixture_dir / page), size, size, False)
+    assert paged["input_ids"][0].tolist() == [0] + byte_ids("Page 1: ") + expected[1:]
+
+
+@pytest.mark.parametrize("item,page,size,prompt", INFER_CASES)
+def test_infer_generates_upstream_ids(model, data, fixture_dir, item, page, size, prompt):
+    """infer() end to end (eval_mode=True returns the text) writes the ids upstream's generate() wrote."""
+    from _processor_helpers import byte_tokenizer
+
+    _, exp = data
+    tokenizer = byte_tokenizer(image_token_id=511)
+    outputs = []
+    real_generate = model.generate
+    model.generate = lambda **kw: outputs.append(real_generate(**kw)) or outputs[-1]  # records, runs the real one
+    try:
+        text = model.infer(tokenizer, prompt=prompt, image_file=str(fixture_dir / page), base_size=size,
+                           image_size=size, crop_mode=False, eval_mode=True, max_new_tokens=12)
+    finally:
+        del model.generate
+    generated = outputs[0][0, len(upstream_ids(fixture_dir, item, 511)) :]
+    assert torch.equal(generated, exp[f"single.item{item}.generated_ids"])
+    assert text == tokenizer.decode(generated, skip_special_tokens=False).strip()

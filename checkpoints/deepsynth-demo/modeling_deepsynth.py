@@ -20,14 +20,19 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from safetensors import SafetensorError, safe_open
+from transformers import AutoModel, GenerationMixin, LogitsProcessorList, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.unlimited_ocr.modeling_unlimited_ocr import UnlimitedOcrTextModel, UnlimitedOcrVisionModel
 
 try:
     from .configuration_deepsynth import DeepSynthConfig
+    from .generation_deepsynth import repetition_guard as build_repetition_guard
+    from .infer_deepsynth import infer as deepseek_ocr_infer
 except ImportError:  # imported from the repo root rather than as remote code
     from configuration_deepsynth import DeepSynthConfig
+    from generation_deepsynth import repetition_guard as build_repetition_guard
+    from infer_deepsynth import infer as deepseek_ocr_infer
 
 # Model inputs that belong to the prompt only: generate() passes them to the first (prefill) forward, not to
 # the cached decode steps (transformers already drops `pixel_values`).
@@ -150,13 +155,35 @@ class DeepSynthPreTrainedModel(PreTrainedModel):
     def _weight_conversions(self, value):
         pass
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_missing=(), **kwargs):
+        r"""
+        allow_missing: names (or name prefixes) of weights that may be absent from the checkpoint and start from
+            their initialisation, e.g. `("model.instruction_projector.",)` for a fresh projector. Any other missing
+            weight is an error that names it: a DeepSynth checkpoint holds every weight, so a missing one means a
+            truncated or mismatched checkpoint, never something to fill with random numbers silently.
+        """
+        allow_missing = (allow_missing,) if isinstance(allow_missing, str) else tuple(allow_missing)
+        _check_safetensors_files(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        missing = sorted(k for k in info["missing_keys"] if not k.startswith(allow_missing))
+        if missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} lacks {len(missing)} weight tensors of {cls.__name__}: "
+                f"{missing[:8]}{' ...' if len(missing) > 8 else ''}. Pass allow_missing=(names or prefixes) to start "
+                "those from their initialisation on purpose."
+            )
+        return (model, info) if want_info else model
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # One checkpoint answers every Auto class a user may reach for.
+        # One checkpoint answers every Auto class a user may reach for, AutoModel included (as DeepSeek-OCR's
+        # checkpoint: `AutoModel.from_pretrained(...).infer(...)`); the base model is `model.model`.
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         auto_map.update(
             {
                 "AutoConfig": "configuration_deepsynth.DeepSynthConfig",
-                "AutoModel": "modeling_deepsynth.DeepSynthModel",
+                "AutoModel": "modeling_deepsynth.DeepSynthForConditionalGeneration",
                 "AutoModelForCausalLM": "modeling_deepsynth.DeepSynthForConditionalGeneration",
                 "AutoModelForImageTextToText": "modeling_deepsynth.DeepSynthForConditionalGeneration",
             }
@@ -168,6 +195,31 @@ class DeepSynthPreTrainedModel(PreTrainedModel):
         if getattr(self.config, "custom_pipelines", None) and os.path.isfile(pipeline_file):
             shutil.copy(pipeline_file, os.path.join(save_directory, "pipeline_deepsynth.py"))
         return result
+
+
+def _weight_files(folder: str) -> list[str]:
+    """The safetensors files from_pretrained reads in a local folder: those of model.safetensors.index.json, else
+    model.safetensors ([] if neither is there)."""
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            return sorted(set(json.load(f)["weight_map"].values()))
+    return ["model.safetensors"] if os.path.isfile(os.path.join(folder, "model.safetensors")) else []
+
+
+def _check_safetensors_files(name_or_path, subfolder: str = "") -> None:
+    """A local checkpoint's weight files must be readable: a truncated or corrupt file fails here, naming the file
+    (safetensors itself reports only what is wrong, not where)."""
+    folder = os.path.join(str(name_or_path), subfolder)
+    if not os.path.isdir(folder):
+        return
+    for name in _weight_files(folder):
+        path = os.path.join(folder, name)
+        try:
+            with safe_open(path, framework="pt"):  # reads the header and checks it covers the file exactly
+                pass
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"cannot read weight file {path} (truncated or corrupt?): {e}") from None
 
 
 class DeepSynthModel(DeepSynthPreTrainedModel):
@@ -389,6 +441,54 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
     def set_input_embeddings(self, value):
         self.model.set_input_embeddings(value)
 
+    def generate(self, *args, repetition_guard=None, logits_processor=None, **kwargs):
+        r"""
+        repetition_guard: ban tokens that would repeat an n-gram of the recent tokens (`NGramRepetitionGuard` of
+            generation_deepsynth.py): True (n-gram 30 inside a 90-token window), a dict of its settings
+            (`ngram_size`, `window_size`, `exempt_token_ids`) or a guard. Default: the generation config's
+            `repetition_guard` (off when it has none).
+        """
+        if repetition_guard is None:
+            repetition_guard = getattr(self.generation_config, "repetition_guard", None)
+        guard = build_repetition_guard(repetition_guard)
+        if guard is not None:
+            logits_processor = LogitsProcessorList([*(logits_processor or []), guard])
+        return super().generate(*args, logits_processor=logits_processor, **kwargs)
+
+    def infer(
+        self,
+        tokenizer,
+        prompt="",
+        image_file="",
+        output_path="",
+        base_size=1024,
+        image_size=640,
+        crop_mode=True,
+        test_compress=False,
+        save_results=False,
+        eval_mode=False,
+        instruction=None,
+        **generate_kwargs,
+    ):
+        r"""The original DeepSeek-OCR `infer()`: read `image_file` with `prompt` and return the text.
+
+        prompt: upstream's prompts, text before and after `<image>` ("<image>\n<|grounding|>Convert the document to
+            markdown. ", "<image>\nFree OCR. ", "Page 1: <image>\n..."). tokenizer: the decoder tokenizer.
+        base_size / image_size / crop_mode: upstream's modes (Tiny 512/512/False, Small 640/640/False, Base
+            1024/1024/False, Large 1280/1280/False, Gundam 1024/640/True).
+        eval_mode: return the text without printing (n-gram ban 35); otherwise the text is streamed to stdout as it
+            is written (n-gram ban 20) and returned as well.
+        test_compress: print the image size, vision tokens covering the page, text tokens and their ratio.
+        save_results: write `result.mmd`, `result_with_boxes.jpg` (grounding boxes drawn) and `images/<i>.jpg`
+            (crops of boxes labelled `image`) into `output_path`.
+        instruction: DeepSynth's addition: an instruction for the fused instruction encoder.
+        Other keyword arguments go to `generate()` (e.g. `max_new_tokens`, `repetition_guard=True`).
+        """
+        return deepseek_ocr_infer(
+            self, tokenizer, prompt, image_file, output_path, base_size, image_size, crop_mode, test_compress,
+            save_results, eval_mode, instruction, **generate_kwargs,
+        )
+
     def get_output_embeddings(self):
         return self.lm_head
 
@@ -552,18 +652,26 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
             for name, value in ids.items():
                 setattr(config, name, value)
             config.validate()
-        # Stage the weights (symlinks) beside a DeepSynth config.json: from_pretrained then reads our config and
-        # generation defaults instead of the original's `deepseek_vl_v2` config.
+        # The original has no instruction projector: it starts fresh. Without a pretrained `instruction_encoder`,
+        # a fused config's encoder starts from its initialisation too.
+        allow_missing = ("model.instruction_projector.",) + tuple(kwargs.pop("allow_missing", ()))
+        if config.instruction_fusion != "none" and instruction_encoder is None:
+            allow_missing += ("model.instruction_encoder.",)
+        # Stage the weights (symlinks, + the encoder's weights under our names) beside a DeepSynth config.json:
+        # from_pretrained then loads everything in one pass, reads our config and generation defaults instead of
+        # the original's `deepseek_vl_v2` config, and its load report lists only what really starts fresh.
         with tempfile.TemporaryDirectory() as staged:
-            for name in os.listdir(checkpoint_dir):
-                if name.endswith(".safetensors") or name.endswith(".safetensors.index.json"):
-                    os.symlink(os.path.abspath(os.path.join(checkpoint_dir, name)), os.path.join(staged, name))
+            weight_map = _stage_original_weights(checkpoint_dir, staged)
+            if config.instruction_fusion != "none" and instruction_encoder is not None:
+                weight_map.update(_stage_instruction_encoder(instruction_encoder, staged))
+            with open(os.path.join(staged, "model.safetensors.index.json"), "w") as f:
+                json.dump({"metadata": {}, "weight_map": weight_map}, f)
             config.save_pretrained(staged)
-            loaded = cls.from_pretrained(staged, config=config, key_mapping=ORIGINAL_KEY_MAPPING, **kwargs)
+            loaded = cls.from_pretrained(
+                staged, config=config, key_mapping=ORIGINAL_KEY_MAPPING, allow_missing=allow_missing, **kwargs
+            )
         model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading_info) on request
         model.set_generation_defaults()
-        if instruction_encoder is not None:
-            model.load_instruction_encoder(instruction_encoder)
         return loaded
 
     def load_instruction_encoder(self, name_or_path: str, **kwargs):
@@ -577,6 +685,35 @@ class DeepSynthForConditionalGeneration(DeepSynthPreTrainedModel, GenerationMixi
         if bad:
             raise ValueError(f"Instruction encoder weights from {name_or_path} do not fit the config: {bad[:8]}")
         return self
+
+
+def _stage_original_weights(checkpoint_dir: str, staged: str) -> dict[str, str]:
+    """Symlink the original's weight files (those its model.safetensors.index.json names, else model.safetensors)
+    into `staged`, renamed so that our index is the one read; returns their weight map (key -> staged name)."""
+    _check_safetensors_files(checkpoint_dir)  # errors name the original files, not the staged links
+    files = _weight_files(checkpoint_dir)
+    if not files:
+        raise ValueError(f"{checkpoint_dir} has neither model.safetensors nor model.safetensors.index.json")
+    weight_map = {}
+    for name in files:
+        source = os.path.abspath(os.path.join(checkpoint_dir, name))
+        os.symlink(source, os.path.join(staged, f"original-{name}"))
+        with safe_open(source, framework="pt") as f:
+            weight_map.update(dict.fromkeys(f.keys(), f"original-{name}"))
+    return weight_map
+
+
+def _stage_instruction_encoder(name_or_path: str, staged: str) -> dict[str, str]:
+    """The pretrained encoder's weights (AutoModel.from_pretrained) as `model.instruction_encoder.*` in one staged
+    file; returns its weight map."""
+    from safetensors.torch import save_file
+
+    encoder = AutoModel.from_pretrained(name_or_path)
+    # clone: safetensors refuses tensors that share memory (tied embeddings)
+    state = encoder.state_dict()
+    tensors = {f"model.instruction_encoder.{k}": v.detach().clone().contiguous() for k, v in state.items()}
+    save_file(tensors, os.path.join(staged, "instruction-encoder.safetensors"))
+    return dict.fromkeys(tensors, "instruction-encoder.safetensors")
 
 
 def deepsynth_config_from_original(
@@ -655,6 +792,6 @@ __all__ = [
     "deepsynth_config_from_original",
 ]
 
-# save_pretrained copies this file and configuration_deepsynth.py next to the weights (Hub remote code).
-DeepSynthModel.register_for_auto_class("AutoModel")
-DeepSynthForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+# save_pretrained copies this file and the modules it imports next to the weights (Hub remote code); its auto_map
+# sends AutoModel, AutoModelForCausalLM and AutoModelForImageTextToText to the generation class.
+DeepSynthForConditionalGeneration.register_for_auto_class("AutoModel")

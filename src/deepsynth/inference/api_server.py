@@ -4,7 +4,7 @@
         [--host 127.0.0.1] [--api-key KEY]
 
 Endpoints (OpenAPI schema at /openapi.json):
-  POST /api/inference/instruct        JSON {document, instruction, max_length, temperature}
+  POST /api/inference/instruct        JSON {document, instruction, max_length, temperature, repetition_guard}
                                       -> {answer, confidence, tokens_generated, inference_time_ms}
   POST /api/inference/upload          multipart: file (.txt .md .pdf .png .jpg .jpeg), instruction, max_length, temperature
   POST /api/inference/stream          JSON as /instruct -> server-sent events: `token` {text} ..., then `done` {result}
@@ -39,7 +39,9 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Requ
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator,
+)
 
 from .engine import DocumentText, InstructionEngine
 
@@ -88,6 +90,10 @@ class _InstructFields(PagesRequest):
     max_length: int = Field(256, ge=1, strict=True, description="Most answer tokens (the server sets the upper bound).")
     temperature: Annotated[float, Field(ge=0, le=2, strict=True)] | None = Field(
         None, description="0 or null: greedy; > 0: sampling (Q&A 0.3, summaries 0.7)."
+    )
+    repetition_guard: StrictBool | dict[str, StrictInt] = Field(
+        False, description='Ban n-grams repeated inside a recent window: true (30 in 90 tokens) or '
+        '{"ngram_size": n, "window_size": w}.'
     )
 
     _instruction_not_blank = field_validator("instruction")(_not_blank)
@@ -232,19 +238,22 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
 
-    def answer(document, instruction, max_length, temperature) -> dict:
+    def answer(document, instruction, max_length, temperature, repetition_guard=False) -> dict:
         with gate.slot(), client_errors():
             if isinstance(document, str):
                 document = DocumentText(document)  # client text is text, never a server file name
-            return engine.generate_result(document, instruction, max_length, temperature).to_dict()
+            return engine.generate_result(
+                document, instruction, max_length, temperature, repetition_guard=repetition_guard
+            ).to_dict()
 
-    def stream(document, instruction, max_length, temperature) -> StreamingResponse:
+    def stream(document, instruction, max_length, temperature, repetition_guard=False) -> StreamingResponse:
         gate.acquire()  # held until the event stream ends
         try:
             with client_errors():  # bad input fails here, as a plain 4xx, before the event stream starts
                 if isinstance(document, str):
                     document = DocumentText(document)
-                pieces = engine.stream(document, instruction, max_length, temperature)
+                pieces = engine.stream(document, instruction, max_length, temperature,
+                                       repetition_guard=repetition_guard)
         except BaseException:
             gate.release()
             raise
@@ -285,7 +294,8 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
     @api.post("/instruct", response_model=InstructResponse)
     def instruct(request: InstructRequest):
         """Answer an instruction about a text document."""
-        return answer(request.document, request.instruction, request.max_length, request.temperature)
+        return answer(request.document, request.instruction, request.max_length, request.temperature,
+                      request.repetition_guard)
 
     @api.post("/upload", response_model=InstructResponse)
     def upload(
@@ -300,7 +310,8 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
     @api.post("/stream", response_class=StreamingResponse)
     def instruct_stream(request: InstructRequest):
         """As /instruct, streamed as server-sent events: `token` {text} per piece, then `done` {the result}."""
-        return stream(request.document, request.instruction, request.max_length, request.temperature)
+        return stream(request.document, request.instruction, request.max_length, request.temperature,
+                      request.repetition_guard)
 
     @api.post("/upload/stream", response_class=StreamingResponse)
     def upload_stream(

@@ -37,6 +37,7 @@ try:  # installed as top-level modules (setup.py py_modules) or on sys.path alre
 except ImportError:  # a source checkout run with PYTHONPATH=./src: the remote-code files live at the repo root
     sys.path.insert(0, str(REPO_ROOT))
     import pipeline_deepsynth
+from generation_deepsynth import repetition_guard, resolve_guard_kwarg  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 from processing_deepsynth import DeepSynthProcessor, DocumentText, names_a_file  # noqa: E402
 
@@ -322,7 +323,8 @@ class InstructionEngine:
     ) -> str:
         """The answer to `instruction` about `document` (text, a file path, PDF/image bytes, a PIL image, or a list
         of pages). max_length: most new tokens. temperature: 0/None = greedy, > 0 = sampling at that temperature
-        (the guide: Q&A 0.3, summaries 0.7). Other generate() kwargs (top_p, repetition_penalty, ...) pass through."""
+        (the guide: Q&A 0.3, summaries 0.7). Other generate() kwargs (top_p, repetition_penalty, ...) pass through;
+        `repetition_guard=True` (or {"ngram_size": n, "window_size": w}) bans looping n-grams."""
         return self.generate_result(document, instruction, max_length, temperature, **generate_kwargs).answer
 
     def generate_result(
@@ -389,6 +391,7 @@ class InstructionEngine:
         beams = extra.get("num_beams", 1)
         if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
             raise ValueError(f"num_beams must be a positive integer, got {beams!r}")
+        repetition_guard(extra.get("repetition_guard"))  # bad guard settings fail here, before any work
         kwargs = {"max_new_tokens": max_length, "do_sample": bool(temperature)}
         if temperature:
             kwargs["temperature"] = float(temperature)
@@ -418,6 +421,7 @@ class InstructionEngine:
             # beams cannot grow a pre-filled prefix cache (the checkpoint's generation config may ask for beams too)
             expanded = generate_kwargs.get("num_beams", self.model.generation_config.num_beams or 1) > 1
             inputs, hits = self._inputs(examples, prefix_cache=not expanded)
+            generate_kwargs = resolve_guard_kwarg(generate_kwargs, self._decoder)  # repetition_guard=True / {...}
             outputs = pipeline_deepsynth.generate_with_scores(self.model, inputs, **generate_kwargs)
             decoded = pipeline_deepsynth.decode_answers(self._decoder, outputs)
             elapsed_ms = round((waited - started + time.perf_counter() - locked) * 1000)

@@ -3,6 +3,7 @@
     PYTHONPATH=./src python3 -m deepsynth.inference.instruct \
         --model ./models/deepsynth-qa --document path/to/document.txt \
         --instruction "What are the key findings?" --max-length 256 [--temperature 0.3] [--stream] [--json]
+        [--repetition-guard [--guard-ngram-size 30] [--guard-window-size 90]]
 
 --document is a file (.txt/.md, .pdf, .png/.jpg, ...) when such a file exists, otherwise the text itself.
 --json prints {answer, confidence, tokens_generated, inference_time_ms}; --stream prints the answer as it is written.
@@ -30,23 +31,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-text-encoder", dest="use_text_encoder", action="store_false",
                         help="only for checkpoints trained without an instruction encoder")
+    guard = parser.add_argument_group("repetition guard", "ban n-grams that repeat inside a recent window (loops)")
+    guard.add_argument("--repetition-guard", action="store_true", help="turn it on (n-gram 30 in 90 tokens)")
+    guard.add_argument("--guard-ngram-size", type=int, default=None, help="n-gram length (default 30)")
+    guard.add_argument("--guard-window-size", type=int, default=None, help="tokens looked back (default 90)")
     return parser
+
+
+def guard_kwargs(args) -> dict:
+    """generate() kwargs of the repetition guard flags ({} when off)."""
+    settings = {k: v for k, v in (("ngram_size", args.guard_ngram_size), ("window_size", args.guard_window_size))
+                if v is not None}
+    if settings and not args.repetition_guard:
+        raise ValueError("--guard-ngram-size / --guard-window-size need --repetition-guard")
+    return {"repetition_guard": settings or True} if args.repetition_guard else {}
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        extra = guard_kwargs(args)
         engine = InstructionEngine(args.model, use_text_encoder=args.use_text_encoder, device=args.device, cache_size=0)
         if args.stream:
-            stream = engine.stream(args.document, args.instruction, args.max_length, args.temperature)
+            stream = engine.stream(args.document, args.instruction, args.max_length, args.temperature, **extra)
             for piece in stream:
                 # with --json, the pieces go to stderr so that stdout stays one JSON document
                 print(piece, end="", flush=True, file=sys.stderr if args.json else sys.stdout)
             print(file=sys.stderr if args.json else sys.stdout)
             result = stream.result
         else:
-            result = engine.generate_result(args.document, args.instruction, args.max_length, args.temperature)
+            result = engine.generate_result(args.document, args.instruction, args.max_length, args.temperature, **extra)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
     if args.json:
