@@ -470,6 +470,8 @@ def set_instruction_encoder(model, processor, encoder: str):
     projector (random, it learns in this run), and the processor takes the new encoder's tokenizer."""
     new_config = AutoConfig.from_pretrained(encoder)
     if _same_architecture(model.model.instruction_encoder, new_config):
+        logger.info("Loading the instruction encoder weights of %s (same architecture as the checkpoint's; the "
+                    "projector and the processor are kept)", encoder)
         return model.load_instruction_encoder(encoder), processor
     old = model.config.instruction_encoder_config
     logger.warning(
