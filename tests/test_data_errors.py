@@ -65,7 +65,8 @@ def test_csv_lines_count_quoted_newlines_and_blank_lines(tmp_path):
 
 def test_split_files_in_a_folder_name_their_file(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps(GOOD) + "\n")
-    (tmp_path / "validation.jsonl").write_text(json.dumps(GOOD) + "\n" + json.dumps({**GOOD, "instruction": " "}) + "\n")
+    blank = {**GOOD, "instruction": " "}
+    (tmp_path / "validation.jsonl").write_text(json.dumps(GOOD) + "\n" + json.dumps(blank) + "\n")
     with pytest.raises(ValueError, match=r"validation\.jsonl, line 2: column 'instruction' is empty"):
         load_instruction_dataset(tmp_path, split="validation")
     with pytest.raises(ValueError, match=r"validation\.jsonl, line 2: column 'instruction' is empty"):

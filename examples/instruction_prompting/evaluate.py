@@ -13,7 +13,6 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from deepsynth.data.synthetic import generate_split
 

@@ -69,7 +69,8 @@ def _check_has_rows(path: Path) -> None:
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not lines:
-        raise ValueError(f"{path}: the file has no rows" + (" (only a header line)" if path.stat().st_size else " (it is empty)"))
+        why = "only a header line" if path.stat().st_size else "it is empty"
+        raise ValueError(f"{path}: the file has no rows ({why})")
 
 
 def _check_json_syntax(path: Path) -> None:
