@@ -322,6 +322,9 @@ def available_model(name: str, what: str, flag: str) -> tuple[str, dict]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ValueError(f"{what} {name}: the folder has no config.json")
+        problem = unreadable_weights(str(path))
+        if problem:
+            raise ValueError(f"{what} {name}: {problem}")
         return str(path), read_config_file(path / "config.json")
     if path.exists() or name.startswith((".", "/", "~")):
         raise ValueError(f"{what} {name}: no such folder")
@@ -330,8 +333,9 @@ def available_model(name: str, what: str, flag: str) -> tuple[str, dict]:
     try:
         config_file = hf_hub_download(name, "config.json")
     except (OSError, ValueError) as e:
-        reason = ("offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache" if constants.HF_HUB_OFFLINE
-                  else f"not on the hub or not reachable, and not in the Hugging Face cache ({str(e).splitlines()[0]})")
+        reason = ("no such local folder, and offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache"
+                  if constants.HF_HUB_OFFLINE else "no such local folder, not on the hub or not reachable, and not "
+                  f"in the Hugging Face cache ({str(e).splitlines()[0]})")
         raise ValueError(f"{what} {name} is not available: {reason}. Download it where there is network "
                          f"(`hf download {name} --local-dir DIR`) and pass the folder with {flag}") from None
     return name, read_config_file(config_file)
@@ -944,12 +948,17 @@ def checkpoint_problem(folder: str) -> str | None:
     deepspeed = any(n.startswith("global_step") and os.path.isdir(os.path.join(folder, n)) for n in names)
     if not deepspeed and not any(n in names for n in WEIGHT_FILES):
         return "no weights file"
-    for name in names:
+    return unreadable_weights(folder)
+
+
+def unreadable_weights(folder: str) -> str | None:
+    """'NAME is unreadable (why)' for the first .safetensors file in `folder` that is cut short or damaged."""
+    for name in sorted(os.listdir(folder)):
         if name.endswith(".safetensors"):
             try:
                 with safe_open(os.path.join(folder, name), "pt"):  # reads the header, checks the file's length
                     pass
-            except Exception as e:  # SafetensorError and OSError: either way the file is unusable
+            except Exception as e:  # SafetensorError or OSError: either way the file is unusable
                 return f"{name} is unreadable ({e})"
     return None
 

@@ -75,8 +75,8 @@ def test_offline_without_deepseek_ocr_is_one_clear_error(work):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: model deepseek-ai/DeepSeek-OCR is not available: offline (HF_HUB_OFFLINE=1) and not in the Hugging "
-        "Face cache. Download it where there is network (`hf download deepseek-ai/DeepSeek-OCR --local-dir DIR`) and "
+        "error: model deepseek-ai/DeepSeek-OCR is not available: no such local folder, and offline (HF_HUB_OFFLINE=1) "
+        "and not in the Hugging Face cache. Download it where there is network (`hf download deepseek-ai/DeepSeek-OCR --local-dir DIR`) and "
         "pass the folder with --model_name_or_path DIR (or `model_name` in the config file)"
     ]
     assert not (work / "out-no-ocr").exists()
@@ -86,7 +86,7 @@ def test_offline_without_the_text_encoder_is_one_clear_error(work):
     result = train(work, *GUIDE_COMMAND, "--output", work / "out-no-qwen", cache=work / "hub-ocr-only")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: text encoder Qwen/Qwen3-0.6B is not available: offline")
+    assert error.startswith("error: text encoder Qwen/Qwen3-0.6B is not available: no such local folder, and offline")
     assert error.endswith("pass the folder with --text_encoder_model DIR (or `text_encoder_model` in the config file)")
 
 
@@ -211,3 +211,18 @@ def test_checkpoint_problem(first_run, tmp_path, damage, problem):
         assert found.startswith(problem), found
     expected = tmp_path / ("checkpoint-2" if problem else "checkpoint-6")
     assert last_complete_checkpoint(str(tmp_path)) == str(expected)
+
+
+def test_a_cut_short_weights_file_is_named(work, tmp_path, capsys):
+    """A damaged checkpoint folder fails before anything loads, naming the file (in process: no training starts)."""
+    from deepsynth.training.train import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(work / "tiny-bert", broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    status = main(["--model_name_or_path", str(broken), "--hf-dataset", str(work / "deepsynth-squad-qa.jsonl"),
+                   "--output", str(tmp_path / "out"), "--report_to", "none"])
+    assert status == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: model {broken}: model.safetensors is unreadable (")
