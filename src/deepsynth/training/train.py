@@ -4,11 +4,12 @@
     PYTHONPATH=./src python3 -m deepsynth.training.train --hf-dataset data.jsonl --output ./models/deepsynth-qa \
         --use-text-encoder --text-encoder-type bert --batch-size 4 --num-epochs 3
 
-Every argument goes to `run_instruct.main` unchanged (it maps the guide's keys and flags, see SEED_KEYS there), plus
-`--do_train` when neither the command line nor the config file asks for do_train / do_eval / do_predict.
+`--use-deepseek-ocr` starts from deepseek-ai/DeepSeek-OCR (the hub, or the Hugging Face cache offline) unless a
+model is named. Every argument goes to `run_instruct.main` unchanged (it maps the guide's keys and flags, see
+SEED_KEYS there), plus `--do_train` when neither the command line nor the config file asks for do_train / do_eval /
+do_predict.
 """
 
-import json
 import sys
 from pathlib import Path
 
@@ -34,8 +35,7 @@ def _keys(argv: list[str]) -> set[str]:
         elif arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
         if path:
-            with open(path) as f:
-                keys |= {k.replace("-", "_") for k in json.load(f)}
+            keys |= {k.replace("-", "_") for k in _run_instruct().read_config_file(path)}
     return keys
 
 
@@ -49,9 +49,14 @@ def with_default_action(argv: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    argv = with_default_action(sys.argv[1:] if argv is None else argv)
-    _run_instruct().main(argv)  # its metrics are logged and written to output_dir
-    return 0
+    """Exit status 0, or 2 after one `error:` line for bad input (files, data, a model that is not available)."""
+    run_instruct = _run_instruct()
+    try:
+        argv = with_default_action(sys.argv[1:] if argv is None else argv)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run_instruct.cli(argv)  # its metrics are logged and written to output_dir
 
 
 if __name__ == "__main__":
