@@ -131,7 +131,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     Text is rendered by `DeepSynthTextRenderer` (rendering_deepsynth.py: `layout_text`, `draw_page`,
     `render_text`) with the TrueType `font_file` (shipped with the checkpoint) on `page_width` x `page_height`
     white pages. PDFs are rasterised at `pdf_dpi`. A document may have at most `max_pages` pages
-    (`truncate_pages=True` keeps the first ones with a warning instead of raising).
+    (`truncate_pages=True` keeps the first ones with a warning instead of raising); text beyond the limit is not
+    laid out.
     `bf16_round` rounds pixels through bfloat16 as upstream infer() did before its bf16 model (off by default).
     `line_height` and `char_pitch` (see the renderer) put text on a fixed grid: with `line_height` = one vision
     cell (patch_size * downsample_ratio px of the global view) every text line sits on one vision-token row; with
@@ -260,35 +261,54 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     ) -> list[Image.Image]:
         """Pages (RGB PIL images) of a document: str text, a path (.txt/.md, image, .pdf), PDF or image bytes, a
         PIL image, a uint8 numpy array (H, W[, C]), or a list of those (pages in order). A str naming an existing
-        file is that file; any other str is text (a `DocumentText` is always text)."""
+        file is that file; any other str is text (a `DocumentText` is always text). See `load_document`."""
+        return self.load_document(document, max_pages, truncate_pages)[0]
+
+    def load_document(
+        self, document, max_pages: int | None = None, truncate_pages: bool | None = None
+    ) -> tuple[list[Image.Image], bool]:
+        """(pages, truncated): the pages of `load_pages`, and whether the document had more than `max_pages` pages
+        of which the first were kept (`truncate_pages=True`; otherwise more pages raise a ValueError).
+
+        The work is bounded by the page limit: text is laid out only up to `max_pages` + 1 pages (one more tells
+        that there are more), only kept pages are drawn or rasterised, and a list stops at the limit, so a 10 MB
+        text costs its first pages. The total page count is therefore not known."""
         max_pages = self.max_pages if max_pages is None else max_pages
         truncate = self.truncate_pages if truncate_pages is None else truncate_pages
-        pages = self._collect(document)  # PIL images or deferred renderers: count before rendering everything
-        if len(pages) > max_pages:
+        pages = self._collect(document, max_pages + 1)  # PIL images or deferred renderers: count before rendering
+        truncated = len(pages) > max_pages
+        if truncated:
             if not truncate:
                 raise ValueError(
-                    f"document has {len(pages)} pages, more than max_pages={max_pages} (raise max_pages, or pass "
+                    f"document has more than max_pages={max_pages} pages (raise max_pages, or pass "
                     "truncate_pages=True to keep the first pages)"
                 )
             warnings.warn(
-                f"document has {len(pages)} pages; keeping the first {max_pages} (truncate_pages=True)", stacklevel=2
+                f"document has more than {max_pages} pages; keeping the first {max_pages} (truncate_pages=True)",
+                stacklevel=3,
             )
             pages = pages[:max_pages]
-        return [p() if callable(p) else p for p in pages]
+        return [p() if callable(p) else p for p in pages], truncated
 
-    def _collect(self, doc) -> list[Image.Image | Callable[[], Image.Image]]:
+    def _collect(self, doc, limit: int) -> list[Image.Image | Callable[[], Image.Image]]:
+        """Up to `limit` pages of `doc`, drawn later if deferred."""
         if isinstance(doc, (list, tuple)):
             if not doc:
                 raise ValueError("empty document: an empty list of pages")
-            return [page for part in doc for page in self._collect(part)]
+            pages = []
+            for part in doc:
+                if len(pages) >= limit:
+                    break
+                pages += self._collect(part, limit - len(pages))
+            return pages
         if isinstance(doc, Image.Image):
             return [_as_rgb(doc)]
         if isinstance(doc, np.ndarray):
             return [self._from_array(doc)]
         if isinstance(doc, (bytes, bytearray, memoryview)):
-            return self._from_bytes(bytes(doc), "document bytes")
+            return self._from_bytes(bytes(doc), "document bytes", limit)
         if names_a_file(doc):
-            return self._from_file(os.fspath(doc))
+            return self._from_file(os.fspath(doc), limit)
         if isinstance(doc, str):
             if (
                 not isinstance(doc, DocumentText)
@@ -297,14 +317,14 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                 and os.path.splitext(doc.strip())[1].lower() in DOCUMENT_SUFFIXES
             ):
                 raise ValueError(f"no such file: {doc!r} (a string naming an existing file is read as that file)")
-            return self._text_pages(doc)
+            return self._text_pages(doc, limit)
         raise ValueError(
             f"unsupported document type {type(doc).__name__}: expected text, a file path, bytes, a PIL image, "
             "a numpy array or a list of those"
         )
 
-    def _text_pages(self, text: str):
-        return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text)]
+    def _text_pages(self, text: str, limit: int):
+        return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text, max_pages=limit)]
 
     @staticmethod
     def _from_array(arr: np.ndarray) -> Image.Image:
@@ -314,7 +334,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             raise ValueError(f"empty document: numpy page of shape {arr.shape}")
         return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
 
-    def _from_file(self, path: str):
+    def _from_file(self, path: str, limit: int):
         if not os.path.isfile(path):
             raise ValueError(f"no such file: {path}")
         with open(path, "rb") as f:
@@ -328,16 +348,16 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                 if suffix in TEXT_SUFFIXES:
                     raise ValueError(f"{path} is not UTF-8 text: {e}") from None
         if text is None or "\x00" in text:
-            return self._from_bytes(data, path)
+            return self._from_bytes(data, path, limit)
         if not text.strip():
             raise ValueError(f"empty document: {path} has no text")
-        return self._text_pages(text)
+        return self._text_pages(text, limit)
 
-    def _from_bytes(self, data: bytes, name: str):
+    def _from_bytes(self, data: bytes, name: str, limit: int):
         if not data:
             raise ValueError(f"empty document: {name} has no bytes")
         if b"%PDF-" in data[:1024]:
-            return self._pdf_pages(data, name)
+            return self._pdf_pages(data, name, limit)
         try:
             image = Image.open(io.BytesIO(data))
             image.load()  # decode now: a truncated or corrupt file must fail here, not later
@@ -345,7 +365,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         except Exception as e:
             raise ValueError(f"cannot read {name} as an image or PDF: {e}") from None
 
-    def _pdf_pages(self, data: bytes, name: str):
+    def _pdf_pages(self, data: bytes, name: str, limit: int):
         import pypdfium2 as pdfium  # only needed for PDFs
 
         try:
@@ -361,7 +381,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             except pdfium.PdfiumError as e:
                 raise ValueError(f"cannot render page {i + 1} of {name}: {e}") from None
 
-        return [lambda i=i: render(i) for i in range(len(pdf))]
+        return [lambda i=i: render(i) for i in range(min(len(pdf), limit))]
 
     # ---- pages -> views -> tensors ----------------------------------------------------------------------------
     def page_views(self, page: Image.Image, mode=None) -> tuple[Image.Image, list[Image.Image], tuple[int, int]]:
@@ -389,14 +409,15 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     def preprocess(self, images, mode=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """One document (anything `load_pages` takes) -> pixel_values (P, 3, S, S), pixel_values_local (T, 3, s, s)
         (only if some page has tiles), images_spatial_crop (P, 2) [width_tiles, height_tiles], and
-        num_image_tokens (P,) the `<image>` count of each page."""
+        num_image_tokens (P,) the `<image>` count of each page, and truncated (bool, see `load_document`)."""
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         if return_tensors not in ("pt", None):
             raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
         base_size, image_size, crop_mode = self.geometry(mode)
         globals_, tiles, grids = [], [], []
-        for page in self.load_pages(images):
+        pages, truncated = self.load_document(images)
+        for page in pages:
             view, page_tiles, grid = self.page_views(page, (base_size, image_size, crop_mode))
             globals_.append(view)
             tiles += page_tiles
@@ -409,6 +430,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             "pixel_values": self.to_tensor(globals_),
             "images_spatial_crop": torch.tensor(grids, dtype=torch.long),
             "num_image_tokens": torch.tensor(counts, dtype=torch.long),
+            "truncated": truncated,
         }
         if tiles:
             data["pixel_values_local"] = self.to_tensor(tiles)
@@ -541,7 +563,8 @@ class DeepSynthProcessor(ProcessorMixin):
 
         vision: this document's page layout from an earlier call (`image_processor.preprocess` output, or only its
         `images_spatial_crop` and `num_image_tokens` when the caller holds the vision features already, e.g. a
-        document cache): nothing is rendered, and pixel tensors are included only if `vision` has them."""
+        document cache): nothing is rendered, and pixel tensors are included only if `vision` has them.
+        The example's `truncated` (when rendered here, or in `vision`) says the document was cut to max_pages."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"empty instruction: expected a non-empty string, got {instruction!r}")
         if answer is not None and not isinstance(answer, str):
@@ -553,7 +576,7 @@ class DeepSynthProcessor(ProcessorMixin):
             "images_spatial_crop": vision["images_spatial_crop"],
             "num_pages": len(vision["num_image_tokens"]),
         }
-        for key in ("pixel_values", "pixel_values_local"):
+        for key in ("pixel_values", "pixel_values_local", "truncated"):
             if key in vision:
                 example[key] = vision[key]
         k = 0

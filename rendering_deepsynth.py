@@ -5,9 +5,11 @@ processor). It imports only PIL. The TrueType font is the checkpoint's own file 
 FreeType's BASIC engine, so a checkpoint renders the same pixels on every machine with the same Pillow.
 """
 
+import itertools
 import os
 import re
 import unicodedata
+from collections.abc import Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -78,16 +80,21 @@ class DeepSynthTextRenderer:
         return self._fonts[key]
 
     # ---- text rendering ---------------------------------------------------------------------------------------
-    def layout_text(self, text: str) -> list[list[str]]:
+    def layout_text(self, text: str, max_pages: int | None = None) -> list[list[str]]:
         """Wrap and paginate: a list of pages, each a list of lines. Blank lines and indentation are kept, tabs
-        expand to 4 spaces, a form feed starts a new page, words wider than a line are cut."""
+        expand to 4 spaces, a form feed starts a new page, words wider than a line are cut. With `max_pages`, only
+        the first pages are laid out: the rest of the text costs (almost) nothing."""
+        return list(itertools.islice(self.iter_pages(text), max_pages))
+
+    def iter_pages(self, text: str) -> Iterator[list[str]]:
+        """The pages of `layout_text`, laid out one at a time as they are taken."""
         text = _CONTROL.sub("", unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n"))
         if not text.strip():
             raise ValueError("empty document: the text has no visible characters")
         font = self._font()
         descent, step = font.getmetrics()[1], self._line_step()
         width, limit = self.page_width - 2 * self.margin, self.page_height - self.margin
-        pages, advances = [], {}
+        advances = {}
         for block in text.split("\f"):
             page, baseline = [], 0
             raw_lines = block.expandtabs(4).split("\n")
@@ -100,12 +107,12 @@ class DeepSynthTextRenderer:
                 if fits:
                     baseline += step
                 else:  # the line would cross the bottom margin: new page
-                    if page:
-                        pages.append(page)
+                    if any(line.strip() for line in page):  # never a blank page
+                        yield page
                     page, baseline = [], self._first_baseline(font, line)
                 page.append(line)
-            pages.append(page)
-        return [p for p in pages if any(line.strip() for line in p)]  # never a blank page
+            if any(line.strip() for line in page):
+                yield page
 
     def _line_step(self) -> int:
         if self.line_height is not None:
@@ -143,20 +150,22 @@ class DeepSynthTextRenderer:
         x = self.margin - min(0, font.getbbox(line, anchor="ls")[0])
         return [x + font.getlength(line[:j]) + font.getlength(ch) / 2 for j, ch in enumerate(line)]
 
-    def _wrap(self, line: str, font, width: int, advances: dict) -> list[str]:
+    def _wrap(self, line: str, font, width: int, advances: dict) -> Iterator[str]:
         """Greedy word wrap by measured pixel width. While the summed token advances leave an em to spare the
-        token fits (kerning and overhangs move ink far less); nearer the edge the exact ink box decides."""
+        token fits (kerning and overhangs move ink far less); nearer the edge the exact ink box decides. Lines
+        come out as they are made, so a caller that stops early does not pay for the rest of a long line."""
         if not line.strip():
-            return [""]
-        out, cur, approx = [], "", 0.0
-        for tok in re.findall(r"\s+|\S+", line):
+            yield ""
+            return
+        cur, approx = "", 0.0
+        for tok in (m.group() for m in re.finditer(r"\s+|\S+", line)):
             if tok not in advances:
                 advances[tok] = self._advance(font, tok)
             if approx + advances[tok] + self.font_size <= width or self._width(font, cur + tok) <= width:
                 cur, approx = cur + tok, approx + advances[tok]
                 continue
             if cur.strip():
-                out.append(cur.rstrip())
+                yield cur.rstrip()
             cur = ""  # a space at the break, or indentation too wide for the word, is dropped
             if tok.isspace():
                 continue
@@ -165,12 +174,11 @@ class DeepSynthTextRenderer:
                 while lo < hi:
                     mid = (lo + hi + 1) // 2
                     lo, hi = (mid, hi) if self._width(font, tok[:mid]) <= width else (lo, mid - 1)
-                out.append(tok[:lo])
+                yield tok[:lo]
                 tok = tok[lo:]
             cur, approx = tok, self._advance(font, tok)
         if cur.strip():
-            out.append(cur.rstrip())
-        return out
+            yield cur.rstrip()
 
     def draw_page(self, lines: list[str]) -> Image.Image:
         """Black text on a white RGB page, lines `_line_step()` apart."""

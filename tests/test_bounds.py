@@ -1,0 +1,83 @@
+"""Bounded work per document (issue 15): text is laid out only up to the page limit, an unbreakable word costs
+linear time, decoded image and PDF pages are capped in pixels before they are decoded, and text that is not valid
+Unicode is refused with a ValueError that says why."""
+
+import time
+
+import pytest
+
+from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor, DocumentText
+
+
+def small_ip(**kw):
+    defaults = dict(mode=None, base_size=128, page_width=200, page_height=160, margin=12, font_size=12)
+    return DeepSynthImageProcessor(**{**defaults, **kw})
+
+
+def processor(**kw):
+    from _processor_helpers import byte_tokenizer, minilm_tokenizer
+
+    return DeepSynthProcessor(small_ip(**kw), byte_tokenizer(instruction_token_id=128816), minilm_tokenizer())
+
+
+class CountingIP(DeepSynthImageProcessor):
+    """The real renderer, counting the characters it measures and the source lines it wraps."""
+
+    measured = wrapped = 0
+
+    def _width(self, font, s):
+        type(self).measured += len(s)
+        return super()._width(font, s)
+
+    def _advance(self, font, s):
+        type(self).measured += len(s)
+        return super()._advance(font, s)
+
+    def _wrap(self, line, font, width, advances):
+        type(self).wrapped += 1
+        return super()._wrap(line, font, width, advances)
+
+
+def counting_ip(**kw):
+    CountingIP.measured = CountingIP.wrapped = 0
+    return CountingIP(**{**dict(mode=None, base_size=128, page_width=200, page_height=160, margin=12,
+                                font_size=12), **kw})
+
+
+# ---- the page limit bounds the layout --------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:document has more than")
+def test_layout_stops_after_the_page_limit():
+    line = "lorem ipsum dolor sit amet\n"  # one line a row, 9 rows a page
+    big = line * 400_000  # 10.8 MB, 44,445 pages
+    ip = counting_ip(max_pages=4)
+    with pytest.raises(ValueError, match="more than max_pages=4"):
+        ip.load_pages(DocumentText(big))
+    assert CountingIP.wrapped <= 5 * 9 + 1  # max_pages + 1 pages laid out, to know that there are more
+    pages, truncated = counting_ip(max_pages=4, truncate_pages=True).load_document(DocumentText(big))
+    assert truncated and len(pages) == 4
+    assert [p.tobytes() for p in pages] == [p.tobytes() for p in small_ip().render_text(line * 36)]
+    short, cut = small_ip(max_pages=4).load_document(DocumentText(line * 36))  # exactly 4 pages: nothing cut
+    assert not cut and len(short) == 4
+    assert small_ip().layout_text(line * 100, max_pages=3) == small_ip().layout_text(line * 100)[:3]
+    # the processor reports it beside the example (what a server puts in its answer)
+    p = processor(max_pages=4, truncate_pages=True)
+    with pytest.warns(UserWarning, match="keeping the first 4"):
+        assert p(document=DocumentText(big), instruction="q")["truncated"] is True
+    assert p(document=DocumentText(line * 36), instruction="q")["truncated"] is False
+    # a list of documents stops collecting at the limit too
+    pages, truncated = small_ip(max_pages=4, truncate_pages=True).load_document([DocumentText(big)] * 1000)
+    assert truncated and len(pages) == 4
+
+
+@pytest.mark.filterwarnings("ignore:document has more than")
+def test_a_10_mb_text_costs_about_its_first_pages():
+    line = "lorem ipsum dolor sit amet\n"
+    ip = small_ip(max_pages=4, truncate_pages=True)
+    ip.load_document(DocumentText(line * 45))  # warm-up: the font
+    started = time.perf_counter()
+    ip.load_document(DocumentText(line * 45))  # 5 pages: 4 kept, one more laid out
+    small = time.perf_counter() - started
+    started = time.perf_counter()
+    ip.load_document(DocumentText(line * 400_000))
+    big = time.perf_counter() - started
+    assert big < 20 * small + 0.5, (big, small)  # laying out all 44,445 pages is ~10,000x
