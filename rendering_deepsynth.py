@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
+_LONG_WORD = 1024  # chars: a longer token whose start is already wider than a line is not measured whole
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # draw nothing useful; \t \n \f are handled
 
 
@@ -159,9 +160,13 @@ class DeepSynthTextRenderer:
             return
         cur, approx = "", 0.0
         for tok in (m.group() for m in re.finditer(r"\s+|\S+", line)):
-            if tok not in advances:
-                advances[tok] = self._advance(font, tok)
-            if approx + advances[tok] + self.font_size <= width or self._width(font, cur + tok) <= width:
+            if len(tok) > _LONG_WORD and self._width(font, tok[:_LONG_WORD]) > width:
+                fits = False  # measuring all of it would cost its length (and Pillow refuses 1M characters)
+            else:
+                if tok not in advances:
+                    advances[tok] = self._advance(font, tok)
+                fits = approx + advances[tok] + self.font_size <= width or self._width(font, cur + tok) <= width
+            if fits:
                 cur, approx = cur + tok, approx + advances[tok]
                 continue
             if cur.strip():
@@ -169,16 +174,34 @@ class DeepSynthTextRenderer:
             cur = ""  # a space at the break, or indentation too wide for the word, is dropped
             if tok.isspace():
                 continue
-            while self._width(font, tok) > width:  # cut an over-long word at the longest prefix that fits
-                lo, hi = 1, len(tok) - 1
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if self._width(font, tok[:mid]) <= width else (lo, mid - 1)
-                yield tok[:lo]
-                tok = tok[lo:]
+            start = 0  # cut an over-long word at the longest prefix that fits, until the rest fits
+            while (cut := self._fitting_prefix(font, tok, start, width)) < len(tok) - start:
+                yield tok[start : start + cut]
+                start += cut
+            tok = tok[start:]
             cur, approx = tok, self._advance(font, tok)
         if cur.strip():
             yield cur.rstrip()
+
+    def _fitting_prefix(self, font, word: str, start: int, width: int) -> int:
+        """Length of the longest prefix of word[start:] at most `width` px wide (at least 1), or all of it when it
+        fits. Galloping then bisection: the cost follows the prefix, not the rest of the word, so cutting an
+        n-character word is linear in n (a bisection over the whole rest measured ~n^2 / line characters)."""
+        rest = len(word) - start
+
+        def fits(n):
+            return self._width(font, word[start : start + n]) <= width
+
+        lo, n = 0, 1  # word[start:start+lo] fits
+        while n < rest and fits(n):
+            lo, n = n, 2 * n
+        if n >= rest and fits(rest):
+            return rest
+        lo, hi = max(lo, 1), min(n, rest) - 1  # the longest fitting prefix is in [lo, hi] (or 1: nothing fits)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        return lo
 
     def draw_page(self, lines: list[str]) -> Image.Image:
         """Black text on a white RGB page, lines `_line_step()` apart."""

@@ -2,6 +2,8 @@
 linear time, decoded image and PDF pages are capped in pixels before they are decoded, and text that is not valid
 Unicode is refused with a ValueError that says why."""
 
+import hashlib
+import json
 import time
 
 import pytest
@@ -64,6 +66,9 @@ def test_layout_stops_after_the_page_limit():
     with pytest.warns(UserWarning, match="keeping the first 4"):
         assert p(document=DocumentText(big), instruction="q")["truncated"] is True
     assert p(document=DocumentText(line * 36), instruction="q")["truncated"] is False
+    # one 10 MB word: only its first pages are cut and measured (Pillow cannot measure 1M characters at once)
+    pages, truncated = counting_ip(max_pages=4, truncate_pages=True).load_document(DocumentText("x" * 10_000_000))
+    assert truncated and len(pages) == 4 and CountingIP.measured < 50_000
     # a list of documents stops collecting at the limit too
     pages, truncated = small_ip(max_pages=4, truncate_pages=True).load_document([DocumentText(big)] * 1000)
     assert truncated and len(pages) == 4
@@ -81,3 +86,32 @@ def test_a_10_mb_text_costs_about_its_first_pages():
     ip.load_document(DocumentText(line * 400_000))
     big = time.perf_counter() - started
     assert big < 20 * small + 0.5, (big, small)  # laying out all 44,445 pages is ~10,000x
+
+
+# ---- an unbreakable word costs linear time ---------------------------------------------------------------------
+def test_long_word_wraps_in_linear_time():
+    counts, times = {}, {}
+    for n in (1_000, 16_000, 32_000):
+        ip = counting_ip()
+        started = time.perf_counter()
+        lines = [line for page in ip.layout_text("x" * n) for line in page]
+        times[n] = time.perf_counter() - started
+        counts[n] = CountingIP.measured
+        assert "".join(lines) == "x" * n and all(ip._width(ip._font(), s) <= 200 - 24 for s in lines)
+    # characters measured: linear (the old bisection over the whole rest of the word measured ~n^2 / 60)
+    assert counts[32_000] < 2.5 * counts[16_000] and counts[16_000] < 16 * 2.5 * counts[1_000], counts
+    assert times[32_000] < 32 * 4 * times[1_000] + 0.5, times
+
+
+LONG_WORDS = "65057aedacdb7143"  # layouts below as computed before the linear wrap (same lines)
+
+
+def test_long_words_wrap_as_before():
+    ip = small_ip()
+    mono = DeepSynthImageProcessor(mode=None, base_size=128, image_size=128, page_width=128, page_height=128,
+                                   margin=0, font_file="DejaVuSansMono.ttf", font_size=13, char_pitch=8,
+                                   line_height=16, patch_size=4)
+    word = "Ǻjïff" + "Supercalifragilisticexpialidocious" * 40 + " tail"
+    out = [ip.layout_text(word), ip.layout_text("a " + "W" * 700 + " b\n" + "i" * 900), mono.layout_text(word)]
+    assert [sum(map(len, o)) for o in out] == [46, 68, 86]
+    assert hashlib.sha256(json.dumps(out).encode()).hexdigest()[:16] == LONG_WORDS
