@@ -3,8 +3,11 @@ linear time, decoded image and PDF pages are capped in pixels before they are de
 Unicode is refused with a ValueError that says why."""
 
 import hashlib
+import io
 import json
+import struct
 import time
+import zlib
 
 import pytest
 
@@ -115,3 +118,57 @@ def test_long_words_wrap_as_before():
     out = [ip.layout_text(word), ip.layout_text("a " + "W" * 700 + " b\n" + "i" * 900), mono.layout_text(word)]
     assert [sum(map(len, o)) for o in out] == [46, 68, 86]
     assert hashlib.sha256(json.dumps(out).encode()).hexdigest()[:16] == LONG_WORDS
+
+
+# ---- decoded pixels are capped before decoding -----------------------------------------------------------------
+def huge_page_pdf(points: float = 14_400) -> bytes:
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument.new()
+    pdf.new_page(points, points)
+    buf = io.BytesIO()
+    pdf.save(buf)
+    return buf.getvalue()
+
+
+def test_pdf_page_is_rasterised_within_the_pixel_cap():
+    data = huge_page_pdf()
+    assert len(data) < 2000  # 14,400 pt = 200 in: 28,800 px a side at 144 dpi (829 Mpx)
+    page = small_ip(max_image_pixels=1_000_000).load_pages(data)[0]
+    assert page.width == page.height and 990 <= page.width <= 1000  # scaled down to the cap, square kept
+    page = small_ip().load_pages(data)[0]  # the default cap
+    assert page.width * page.height <= DeepSynthImageProcessor().max_image_pixels and page.width > 4000
+    normal = small_ip(max_image_pixels=1_000_000).load_pages(huge_page_pdf(200))[0]  # within the cap: pdf_dpi
+    assert normal.size == (400, 400)
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        small_ip(max_image_pixels=0)
+
+
+def png_header_only_bomb(side: int) -> bytes:
+    """A valid side x side 1-bit black PNG, written row by row (a few MB of zlib work, ~17 KB for 12,000)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    z, row = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own notice; ours raises
+def test_image_larger_than_the_cap_is_refused_before_decoding(tmp_path):
+    bomb = png_header_only_bomb(12_000)
+    assert len(bomb) < 40_000
+    with pytest.raises(ValueError, match=r"12000x12000 .*max_image_pixels=40000000"):
+        small_ip().load_pages(bomb)
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        small_ip().load_pages(str(tmp_path / "bomb.png"))
+    with pytest.raises(ValueError, match="max_image_pixels"):  # beyond Pillow's own bomb limit too
+        small_ip(max_image_pixels=10**9).load_pages(png_header_only_bomb(20_000))
+    two_mpx = png_header_only_bomb(1_500)
+    with pytest.raises(ValueError, match="1500x1500 .*max_image_pixels=2000000"):
+        small_ip(max_image_pixels=2_000_000).load_pages(two_mpx)
+    assert small_ip(max_image_pixels=2_250_000).load_pages(two_mpx)[0].size == (1_500, 1_500)  # at the cap: decoded
+
+

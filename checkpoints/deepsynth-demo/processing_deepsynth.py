@@ -49,6 +49,9 @@ DOCUMENT_SUFFIXES = TEXT_SUFFIXES | {".pdf", ".png", ".jpg", ".jpeg", ".webp", "
 # without the space. They are saved in the processor config, which sizes the reading head of run_instruct.py.
 # Class 0 = empty slot, class i = OCR_CHARSET[i - 1]; characters outside the set get no label.
 OCR_CHARSET = "".join(chr(c) for c in range(33, 127))
+# Decoded page size cap (pixels): 40 Mpx is a 6,300 px square, an A4 scan at 600 dpi (35 Mpx) or an A0 page at
+# 144 dpi (32 Mpx); 120 MB as RGB. Larger images are refused before decoding, PDF pages rasterised to fit.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 # ---- upstream tiling (DeepSeek-OCR modeling_deepseekocr.py, kept line for line: its tie-breaks define the grid) ----
@@ -132,7 +135,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     `render_text`) with the TrueType `font_file` (shipped with the checkpoint) on `page_width` x `page_height`
     white pages. PDFs are rasterised at `pdf_dpi`. A document may have at most `max_pages` pages
     (`truncate_pages=True` keeps the first ones with a warning instead of raising); text beyond the limit is not
-    laid out.
+    laid out. A decoded page may have at most `max_image_pixels` pixels (default 40 Mpx): a larger image is refused
+    with a ValueError before it is decoded, a larger PDF page is rasterised at a lower dpi to fit.
     `bf16_round` rounds pixels through bfloat16 as upstream infer() did before its bf16 model (off by default).
     `line_height` and `char_pitch` (see the renderer) put text on a fixed grid: with `line_height` = one vision
     cell (patch_size * downsample_ratio px of the global view) every text line sits on one vision-token row; with
@@ -170,6 +174,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         char_pitch: int | None = None,
         ocr_charset: str = OCR_CHARSET,
         ocr_cell_slots: int = 4,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -192,6 +197,9 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         if ocr_cell_slots < 1 or not ocr_charset or len(set(ocr_charset)) != len(ocr_charset):
             raise ValueError("ocr_cell_slots must be >= 1 and ocr_charset non-empty without repeated characters")
         self.ocr_charset, self.ocr_cell_slots = ocr_charset, ocr_cell_slots
+        if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be a positive int, got {max_image_pixels!r}")
+        self.max_image_pixels = max_image_pixels
 
     @staticmethod
     def _resolve(mode, base_size=None, image_size=None, crop_mode=None) -> tuple[int, int, bool]:
@@ -272,7 +280,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
 
         The work is bounded by the page limit: text is laid out only up to `max_pages` + 1 pages (one more tells
         that there are more), only kept pages are drawn or rasterised, and a list stops at the limit, so a 10 MB
-        text costs its first pages. The total page count is therefore not known."""
+        text costs its first pages. The total page count is therefore not known. Decoded pages are capped at
+        `max_image_pixels` before decoding (see the class)."""
         max_pages = self.max_pages if max_pages is None else max_pages
         truncate = self.truncate_pages if truncate_pages is None else truncate_pages
         pages = self._collect(document, max_pages + 1)  # PIL images or deferred renderers: count before rendering
@@ -302,6 +311,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                 pages += self._collect(part, limit - len(pages))
             return pages
         if isinstance(doc, Image.Image):
+            self._check_pixels(doc.width, doc.height, "image")
             return [_as_rgb(doc)]
         if isinstance(doc, np.ndarray):
             return [self._from_array(doc)]
@@ -326,12 +336,19 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     def _text_pages(self, text: str, limit: int):
         return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text, max_pages=limit)]
 
-    @staticmethod
-    def _from_array(arr: np.ndarray) -> Image.Image:
+    def _check_pixels(self, width: int, height: int, name: str) -> None:
+        if width * height > self.max_image_pixels:
+            raise ValueError(
+                f"{name} is {width}x{height} pixels, more than max_image_pixels={self.max_image_pixels} (a "
+                "processor setting: raise it to read larger pages)"
+            )
+
+    def _from_array(self, arr: np.ndarray) -> Image.Image:
         if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
             raise ValueError(f"numpy pages must be uint8 (H, W) or (H, W, 1|3|4), got {arr.dtype} {arr.shape}")
         if arr.size == 0:
             raise ValueError(f"empty document: numpy page of shape {arr.shape}")
+        self._check_pixels(arr.shape[1], arr.shape[0], "numpy page")
         return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
 
     def _from_file(self, path: str, limit: int):
@@ -359,7 +376,13 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         if b"%PDF-" in data[:1024]:
             return self._pdf_pages(data, name, limit)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header: the size is known before decoding
+        except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), checked first
+            raise ValueError(f"{name} is too large to decode: {e} (max_image_pixels={self.max_image_pixels})") from None
+        except Exception as e:
+            raise ValueError(f"cannot read {name} as an image or PDF: {e}") from None
+        self._check_pixels(image.width, image.height, name)
+        try:
             image.load()  # decode now: a truncated or corrupt file must fail here, not later
             return [_as_rgb(image)]
         except Exception as e:
@@ -377,11 +400,22 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
 
         def render(i):  # deferred: only pages within max_pages are rasterised
             try:
-                return pdf[i].render(scale=self.pdf_dpi / 72).to_pil().convert("RGB")  # 72 PDF units per inch
+                page = pdf[i]
+                return page.render(scale=self._pdf_scale(*page.get_size())).to_pil().convert("RGB")
             except pdfium.PdfiumError as e:
                 raise ValueError(f"cannot render page {i + 1} of {name}: {e}") from None
 
         return [lambda i=i: render(i) for i in range(min(len(pdf), limit))]
+
+    def _pdf_scale(self, width: float, height: float) -> float:
+        """Pixels per PDF unit for a page of width x height units: `pdf_dpi` (72 units an inch), lowered so that the
+        bitmap (pdfium rounds its sides up) stays within `max_image_pixels`."""
+        scale = self.pdf_dpi / 72
+        if math.ceil(width * scale) * math.ceil(height * scale) > self.max_image_pixels:
+            scale = math.sqrt(self.max_image_pixels / (width * height))
+            while math.ceil(width * scale) * math.ceil(height * scale) > self.max_image_pixels:
+                scale *= 0.999
+        return scale
 
     # ---- pages -> views -> tensors ----------------------------------------------------------------------------
     def page_views(self, page: Image.Image, mode=None) -> tuple[Image.Image, list[Image.Image], tuple[int, int]]:
