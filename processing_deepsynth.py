@@ -28,10 +28,10 @@ from transformers.utils import cached_file
 
 try:
     from .configuration_deepsynth import FUSION_MODES, num_image_tokens
-    from .rendering_deepsynth import DeepSynthTextRenderer
+    from .rendering_deepsynth import DeepSynthTextRenderer, check_unicode
 except ImportError:  # imported from the repo root rather than as remote code
     from configuration_deepsynth import FUSION_MODES, num_image_tokens
-    from rendering_deepsynth import DeepSynthTextRenderer
+    from rendering_deepsynth import DeepSynthTextRenderer, check_unicode
 
 # Upstream's resolution modes: name -> (base_size, image_size, crop_mode).
 MODES = {
@@ -603,6 +603,8 @@ class DeepSynthProcessor(ProcessorMixin):
             raise ValueError(f"empty instruction: expected a non-empty string, got {instruction!r}")
         if answer is not None and not isinstance(answer, str):
             raise ValueError(f"answer must be a string or None, got {type(answer).__name__}")
+        check_unicode(instruction, "instruction")
+        check_unicode(answer or "", "answer")
         instruction = instruction.rstrip()  # upstream strips its prompt
         if vision is None:
             vision = self.image_processor.preprocess(document, mode=mode)

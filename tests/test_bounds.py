@@ -172,3 +172,18 @@ def test_image_larger_than_the_cap_is_refused_before_decoding(tmp_path):
     assert small_ip(max_image_pixels=2_250_000).load_pages(two_mpx)[0].size == (1_500, 1_500)  # at the cap: decoded
 
 
+# ---- text that is not valid Unicode --------------------------------------------------------------------------
+def test_lone_surrogates_and_invalid_utf8_are_value_errors(tmp_path):
+    p = processor()
+    with pytest.raises(ValueError, match=r"document .*surrogate .*position 1"):
+        p(document="a\ud800b", instruction="What?")
+    with pytest.raises(ValueError, match=r"instruction .*surrogate"):
+        p(document="fine", instruction="What\udfff?")
+    with pytest.raises(ValueError, match=r"answer .*surrogate"):
+        p(document="fine", instruction="What?", answer="\ud83d")
+    with pytest.raises(ValueError, match="surrogate"):
+        small_ip().render_text("x\udc80")
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9 \xed\xa0\x80")  # Latin-1 and an encoded surrogate
+    with pytest.raises(ValueError, match="bad.txt is not UTF-8 text"):
+        p(document=str(tmp_path / "bad.txt"), instruction="What?")
+    assert p(document="caf\u00e9 \U0001f600", instruction="What?")["num_pages"] == 1  # a real pair is fine

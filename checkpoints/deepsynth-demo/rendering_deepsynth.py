@@ -17,6 +17,17 @@ _LONG_WORD = 1024  # chars: a longer token whose start is already wider than a l
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # draw nothing useful; \t \n \f are handled
 
 
+def check_unicode(text: str, what: str = "text") -> None:
+    """ValueError unless `text` is valid Unicode: a lone surrogate (e.g. from a JSON "\\ud800" escape) cannot be
+    encoded, drawn or tokenized (tokenizers raise TypeError on it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what} is not valid Unicode: a lone surrogate {text[e.start]!r} at position {e.start}"
+        ) from None
+
+
 class DeepSynthTextRenderer:
     r"""Text on `page_width` x `page_height` white pages, in the TrueType `font_file` at `font_size` px.
 
@@ -89,6 +100,7 @@ class DeepSynthTextRenderer:
 
     def iter_pages(self, text: str) -> Iterator[list[str]]:
         """The pages of `layout_text`, laid out one at a time as they are taken."""
+        check_unicode(text, "document")
         text = _CONTROL.sub("", unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n"))
         if not text.strip():
             raise ValueError("empty document: the text has no visible characters")
@@ -222,4 +234,4 @@ class DeepSynthTextRenderer:
         return [self.draw_page(lines) for lines in self.layout_text(text)]
 
 
-__all__ = ["DeepSynthTextRenderer"]
+__all__ = ["DeepSynthTextRenderer", "check_unicode"]
