@@ -2,9 +2,9 @@
 (global view + optional local tiles) -> the model's inputs, with the instruction for the instruction encoder.
 
 Remote code: copied into every checkpoint. It imports only `.configuration_deepsynth`, `.rendering_deepsynth` (the
-text renderer), transformers, PIL, numpy and torch (pypdfium2 lazily, for PDFs). The pixel path reproduces the original DeepSeek-OCR `infer()` bit for bit
-(Pillow bicubic resize / `ImageOps.pad`, ToTensor + Normalize(0.5, 0.5)); tests/test_processor.py checks it
-against the reference fixture.
+text renderer), transformers, PIL, numpy and torch (pypdfium2 lazily, for PDFs). The pixel path reproduces the
+original DeepSeek-OCR `infer()` bit for bit (Pillow bicubic resize / `ImageOps.pad`, ToTensor + Normalize(0.5,
+0.5)); tests/test_processor.py checks it against the reference fixture.
 
 Decoder prompt of one sample (labels are -100 except on the answer and eos):
     bos, <image> x n(page 1), ..., <image> x n(page P), "\n", <instruction> x k, [instruction text], "\n", answer, eos

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from deepsynth.data.synthetic import generate_split
 from deepsynth.training.labels import char_cell_labels, span_cell_mask
@@ -58,7 +57,8 @@ def fingerprints() -> dict:
         out[name] = [digest(json.dumps(layouts).encode()), digest(b"".join(pages)),
                      digest(pixels.numpy().tobytes()), [len(p) for p in layouts]]
     grid = ips["grid"]
-    labels = [char_cell_labels(grid, DOCUMENT, max_pages=16), span_cell_mask(grid, DOCUMENT, "lorem ipsum", max_pages=16)]
+    labels = [char_cell_labels(grid, DOCUMENT, max_pages=16),
+              span_cell_mask(grid, DOCUMENT, "lorem ipsum", max_pages=16)]
     out["labels"] = [digest(t.numpy().tobytes()) for t in labels] + [list(t.shape) for t in labels]
     return out
 

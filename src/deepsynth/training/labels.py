@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 try:  # installed as top-level modules (setup.py py_modules) or on sys.path already
-    import processing_deepsynth  # noqa: F401
+    import processing_deepsynth  # noqa: F401  (only to find out whether the remote-code files are importable)
 except ImportError:  # a source checkout run with PYTHONPATH=./src: the remote-code files live at the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from configuration_deepsynth import vision_grid_size  # noqa: E402
@@ -114,7 +114,8 @@ def answer_cells(ip, document, answer: str | None, num_pages: int, mode=None) ->
     """(num_pages, g, g): where `answer` is drawn on this document's pages (`span_cell_mask`),
     for the training-only locating loss. -100 everywhere (no loss) for images, PDFs, files, lists of pages and
     rows without an answer."""
-    return text_page_labels(ip, document, num_pages, mode, lambda text: span_cell_mask(ip, text, answer or "", mode=mode))
+    return text_page_labels(ip, document, num_pages, mode,
+                            lambda text: span_cell_mask(ip, text, answer or "", mode=mode))
 
 
 def text_page_labels(ip, document, num_pages: int, mode, labels_of, *tail) -> torch.Tensor:
