@@ -1,10 +1,10 @@
 """DeepSynth processor: a document (text, image, PDF, or a list of them) -> page images -> DeepSeek-OCR views
 (global view + optional local tiles) -> the model's inputs, with the instruction for the instruction encoder.
 
-Remote code: copied into every checkpoint. It imports only `.configuration_deepsynth`, transformers, PIL, numpy
-and torch (pypdfium2 lazily, for PDFs). The pixel path reproduces the original DeepSeek-OCR `infer()` bit for bit
-(Pillow bicubic resize / `ImageOps.pad`, ToTensor + Normalize(0.5, 0.5)); tests/test_processor.py checks it
-against the reference fixture.
+Remote code: copied into every checkpoint. It imports only `.configuration_deepsynth`, `.rendering_deepsynth` (the
+text renderer), transformers, PIL, numpy and torch (pypdfium2 lazily, for PDFs). The pixel path reproduces the
+original DeepSeek-OCR `infer()` bit for bit (Pillow bicubic resize / `ImageOps.pad`, ToTensor + Normalize(0.5,
+0.5)); tests/test_processor.py checks it against the reference fixture.
 
 Decoder prompt of one sample (labels are -100 except on the answer and eos):
     bos, <image> x n(page 1), ..., <image> x n(page P), "\n", <instruction> x k, [instruction text], "\n", answer, eos
@@ -14,24 +14,24 @@ import copy
 import io
 import math
 import os
-import re
 import shutil
-import unicodedata
 import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageOps
 from transformers import AutoTokenizer, BatchFeature, PretrainedConfig
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import cached_file
 
 try:
-    from .configuration_deepsynth import FUSION_MODES, num_image_tokens, vision_grid_size
+    from .configuration_deepsynth import FUSION_MODES, num_image_tokens
+    from .rendering_deepsynth import DeepSynthTextRenderer, check_unicode
 except ImportError:  # imported from the repo root rather than as remote code
-    from configuration_deepsynth import FUSION_MODES, num_image_tokens, vision_grid_size
+    from configuration_deepsynth import FUSION_MODES, num_image_tokens
+    from rendering_deepsynth import DeepSynthTextRenderer, check_unicode
 
 # Upstream's resolution modes: name -> (base_size, image_size, crop_mode).
 MODES = {
@@ -45,10 +45,13 @@ SQUASH_MAX = 640  # upstream, crop_mode=False: views <= 640 px squash the page t
 IMAGE_TOKEN, INSTRUCTION_TOKEN = "<image>", "<instruction>"
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text", ".rst"}
 DOCUMENT_SUFFIXES = TEXT_SUFFIXES | {".pdf", ".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")  # draw nothing useful; \t \n \f are handled
-# Character classes of the per-vision-cell OCR labels (`char_cell_labels`): printable ASCII without the space.
+# Character classes of the per-vision-cell OCR labels (training-only, deepsynth.training.labels): printable ASCII
+# without the space. They are saved in the processor config, which sizes the reading head of run_instruct.py.
 # Class 0 = empty slot, class i = OCR_CHARSET[i - 1]; characters outside the set get no label.
 OCR_CHARSET = "".join(chr(c) for c in range(33, 127))
+# Decoded page size cap (pixels): 40 Mpx is a 6,300 px square, an A4 scan at 600 dpi (35 Mpx) or an A0 page at
+# 144 dpi (32 Mpx); 120 MB as RGB. Larger images are refused before decoding, PDF pages rasterised to fit.
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 # ---- upstream tiling (DeepSeek-OCR modeling_deepseekocr.py, kept line for line: its tie-breaks define the grid) ----
@@ -120,7 +123,7 @@ def _as_rgb(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image).convert("RGB")
 
 
-class DeepSynthImageProcessor(BaseImageProcessor):
+class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     r"""Documents -> page images -> DeepSeek-OCR views.
 
     Geometry: `mode` is one of tiny / small / base / large / gundam (upstream's presets), or `mode=None` with a
@@ -128,21 +131,19 @@ class DeepSynthImageProcessor(BaseImageProcessor):
     `image_size` (squashed to a square up to 640 px, letterboxed above); with crop mode it is `base_size`
     (letterboxed), plus `min_tiles`..`max_tiles` local tiles of `image_size` when the page exceeds `image_size`
     (upstream hard-codes 640 for both; equal in gundam mode).
-    Text is rendered with the TrueType `font_file` (shipped with the checkpoint) on `page_width` x `page_height`
+    Text is rendered by `DeepSynthTextRenderer` (rendering_deepsynth.py: `layout_text`, `draw_page`,
+    `render_text`) with the TrueType `font_file` (shipped with the checkpoint) on `page_width` x `page_height`
     white pages. PDFs are rasterised at `pdf_dpi`. A document may have at most `max_pages` pages
-    (`truncate_pages=True` keeps the first ones with a warning instead of raising).
+    (`truncate_pages=True` keeps the first ones with a warning instead of raising); text beyond the limit is not
+    laid out. A decoded page may have at most `max_image_pixels` pixels (default 40 Mpx): a larger image is refused
+    with a ValueError before it is decoded, a larger PDF page is rasterised at a lower dpi to fit.
     `bf16_round` rounds pixels through bfloat16 as upstream infer() did before its bf16 model (off by default).
-    `line_height` (px, default None = `round(font_size * line_spacing)` below a top margin) puts the text on a
-    fixed grid instead: line i is vertically centred in the band [top + i * line_height, top + (i+1) * line_height),
-    top = `margin` rounded down to a multiple of `line_height`, and a page holds (page_height - 2 top) // line_height
-    lines. With `line_height` = one vision cell (patch_size * downsample_ratio px of the global view) every text
-    line sits on one vision-token row. `char_pitch` (px, default None = the font's own advances) sets text like a
-    typewriter: glyph j of a line is centred in the slot [margin + j * char_pitch, margin + (j+1) * char_pitch),
-    whatever its width (meant for a monospace font whose glyphs fit the slot). With a pitch that divides the vision
-    cell and a margin that is a multiple of it, every vision token holds the same character slots at the same
-    pixel offsets (a small model learned to read that several times faster: research/reading, section 6).
-    `char_cell_labels` gives, for rendered text, the characters of every vision cell (`ocr_charset`, at most
-    `ocr_cell_slots` per cell): the training-only reading loss of run_instruct.py.
+    `line_height` and `char_pitch` (see the renderer) put text on a fixed grid: with `line_height` = one vision
+    cell (patch_size * downsample_ratio px of the global view) every text line sits on one vision-token row; with
+    a pitch that divides the vision cell and a margin that is a multiple of it, every vision token holds the same
+    character slots at the same pixel offsets (a small model learned to read that several times faster:
+    research/reading, section 6). `ocr_charset` / `ocr_cell_slots` configure the per-vision-cell character
+    labels of the training-only reading loss (deepsynth.training.labels, run_instruct.py).
     """
 
     model_input_names = ["pixel_values", "pixel_values_local", "images_spatial_crop"]
@@ -173,6 +174,7 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         char_pitch: int | None = None,
         ocr_charset: str = OCR_CHARSET,
         ocr_cell_slots: int = 4,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -186,25 +188,18 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         self.patch_size, self.downsample_ratio = patch_size, downsample_ratio
         self.image_mean, self.image_std = tuple(image_mean), tuple(image_std)
         self.bf16_round = bf16_round
-        self.page_width, self.page_height, self.margin = page_width, page_height, margin
-        self.font_size, self.line_spacing, self.font_file = font_size, line_spacing, font_file
+        DeepSynthTextRenderer.__init__(
+            self, page_width, page_height, margin, font_size, line_spacing, font_file, line_height, char_pitch
+        )
         self.pdf_dpi, self.max_pages, self.truncate_pages = pdf_dpi, max_pages, truncate_pages
-        if font_size < 1 or line_spacing <= 0 or pdf_dpi <= 0 or max_pages < 1:
-            raise ValueError("font_size, line_spacing, pdf_dpi and max_pages must be positive")
-        if page_width - 2 * margin < 2 * font_size or page_height - 2 * margin < 2 * font_size:
-            raise ValueError(
-                f"a {page_width}x{page_height} page with margin {margin} leaves no room for {font_size}px text"
-            )
-        if line_height is not None and not (isinstance(line_height, int) and 0 < line_height <= page_height):
-            raise ValueError(f"line_height must be a positive int <= page_height, got {line_height!r}")
-        if char_pitch is not None and not (isinstance(char_pitch, int) and 0 < char_pitch <= page_width - 2 * margin):
-            raise ValueError(f"char_pitch must be a positive int no wider than the text area, got {char_pitch!r}")
-        self.char_pitch = char_pitch
+        if pdf_dpi <= 0 or max_pages < 1:
+            raise ValueError(f"pdf_dpi and max_pages must be positive, got {pdf_dpi}, {max_pages}")
         if ocr_cell_slots < 1 or not ocr_charset or len(set(ocr_charset)) != len(ocr_charset):
             raise ValueError("ocr_cell_slots must be >= 1 and ocr_charset non-empty without repeated characters")
-        self.line_height, self.ocr_charset, self.ocr_cell_slots = line_height, ocr_charset, ocr_cell_slots
-        self._font_source = None  # set by from_pretrained: the font file inside the checkpoint
-        self._fonts = {}
+        self.ocr_charset, self.ocr_cell_slots = ocr_charset, ocr_cell_slots
+        if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be a positive int, got {max_image_pixels!r}")
+        self.max_image_pixels = max_image_pixels
 
     @staticmethod
     def _resolve(mode, base_size=None, image_size=None, crop_mode=None) -> tuple[int, int, bool]:
@@ -237,9 +232,6 @@ class DeepSynthImageProcessor(BaseImageProcessor):
         out["image_processor_type"] = type(self).__name__
         return out
 
-    def __getstate__(self):  # DataLoader workers (spawn) pickle the processor; fonts reload lazily
-        return {**self.__dict__, "_fonts": {}}
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         hub = {
@@ -271,249 +263,62 @@ class DeepSynthImageProcessor(BaseImageProcessor):
                     break
         return target
 
-    def font_path(self) -> str:
-        if os.path.isabs(self.font_file):
-            path = self.font_file
-        elif self._font_source is not None:
-            path = self._font_source
-        else:  # a processor built in code: the font shipped beside this file (repo's fonts/)
-            path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fonts", self.font_file)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"font file not found: {path} (pass font_file=<path to a .ttf>)")
-        return path
-
-    def _font(self) -> ImageFont.FreeTypeFont:
-        key = (self.font_path(), self.font_size)
-        if key not in self._fonts:
-            # BASIC layout: identical pixels whether or not libraqm is installed
-            self._fonts[key] = ImageFont.truetype(key[0], self.font_size, layout_engine=ImageFont.Layout.BASIC)
-        return self._fonts[key]
-
-    # ---- text rendering ---------------------------------------------------------------------------------------
-    def layout_text(self, text: str) -> list[list[str]]:
-        """Wrap and paginate: a list of pages, each a list of lines. Blank lines and indentation are kept, tabs
-        expand to 4 spaces, a form feed starts a new page, words wider than a line are cut."""
-        text = _CONTROL.sub("", unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n"))
-        if not text.strip():
-            raise ValueError("empty document: the text has no visible characters")
-        font = self._font()
-        descent, step = font.getmetrics()[1], self._line_step()
-        width, limit = self.page_width - 2 * self.margin, self.page_height - self.margin
-        pages, advances = [], {}
-        for block in text.split("\f"):
-            page, baseline = [], 0
-            raw_lines = block.expandtabs(4).split("\n")
-            for line in (out for raw in raw_lines for out in self._wrap(raw, font, width, advances)):
-                bottom = font.getbbox(line, anchor="ls")[3] if line else 0
-                if self.line_height is not None:  # fixed grid: a page holds a fixed number of lines
-                    fits = 0 < len(page) < self._grid_lines()
-                else:
-                    fits = page and baseline + step + max(descent, bottom) <= limit
-                if fits:
-                    baseline += step
-                else:  # the line would cross the bottom margin: new page
-                    if page:
-                        pages.append(page)
-                    page, baseline = [], self._first_baseline(font, line)
-                page.append(line)
-            pages.append(page)
-        return [p for p in pages if any(line.strip() for line in p)]  # never a blank page
-
-    def _line_step(self) -> int:
-        if self.line_height is not None:
-            return self.line_height
-        return max(1, round(self.font_size * self.line_spacing))  # baseline to baseline
-
-    def _grid_top(self) -> int:
-        return (self.margin // self.line_height) * self.line_height
-
-    def _grid_lines(self) -> int:
-        return max(1, (self.page_height - 2 * self._grid_top()) // self.line_height)
-
-    def _first_baseline(self, font, line: str) -> int:
-        if self.line_height is not None:  # the ink box (ascent + descent) centred in the first band
-            ascent, descent = font.getmetrics()
-            return self._grid_top() + (self.line_height - ascent - descent) // 2 + ascent
-        # one ascent below the top margin, lower if a glyph of the first line is taller (Ǻ, stacked accents)
-        top = font.getbbox(line, anchor="ls")[1] if line else 0
-        return self.margin + max(font.getmetrics()[0], -top)
-
-    def _advance(self, font, s: str) -> float:
-        """Pen advance of `s` (px): the font's, or one slot per character on a fixed `char_pitch`."""
-        return len(s) * self.char_pitch if self.char_pitch else font.getlength(s)
-
-    def _width(self, font, s: str) -> int:
-        if self.char_pitch:
-            return len(s) * self.char_pitch  # every glyph is centred in its own slot
-        x0, _, x1, _ = font.getbbox(s, anchor="ls")
-        return x1 - min(0, x0)  # glyphs with a negative left bearing (j) are shifted right when drawn
-
-    def _glyph_centres(self, font, line: str) -> list[float]:
-        """x (px) of the centre of every character of `line` as `draw_page` draws it."""
-        if self.char_pitch:
-            return [self.margin + (j + 0.5) * self.char_pitch for j in range(len(line))]
-        x = self.margin - min(0, font.getbbox(line, anchor="ls")[0])
-        return [x + font.getlength(line[:j]) + font.getlength(ch) / 2 for j, ch in enumerate(line)]
-
-    def _wrap(self, line: str, font, width: int, advances: dict) -> list[str]:
-        """Greedy word wrap by measured pixel width. While the summed token advances leave an em to spare the
-        token fits (kerning and overhangs move ink far less); nearer the edge the exact ink box decides."""
-        if not line.strip():
-            return [""]
-        out, cur, approx = [], "", 0.0
-        for tok in re.findall(r"\s+|\S+", line):
-            if tok not in advances:
-                advances[tok] = self._advance(font, tok)
-            if approx + advances[tok] + self.font_size <= width or self._width(font, cur + tok) <= width:
-                cur, approx = cur + tok, approx + advances[tok]
-                continue
-            if cur.strip():
-                out.append(cur.rstrip())
-            cur = ""  # a space at the break, or indentation too wide for the word, is dropped
-            if tok.isspace():
-                continue
-            while self._width(font, tok) > width:  # cut an over-long word at the longest prefix that fits
-                lo, hi = 1, len(tok) - 1
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    lo, hi = (mid, hi) if self._width(font, tok[:mid]) <= width else (lo, mid - 1)
-                out.append(tok[:lo])
-                tok = tok[lo:]
-            cur, approx = tok, self._advance(font, tok)
-        if cur.strip():
-            out.append(cur.rstrip())
-        return out
-
-    def draw_page(self, lines: list[str]) -> Image.Image:
-        """Black text on a white RGB page, lines `_line_step()` apart."""
-        font = self._font()
-        first, step = self._first_baseline(font, lines[0]), self._line_step()
-        page = Image.new("L", (self.page_width, self.page_height), 255)
-        draw = ImageDraw.Draw(page)
-        for i, line in enumerate(lines):
-            if line and self.char_pitch:
-                for ch, centre in zip(line, self._glyph_centres(font, line)):
-                    draw.text((centre - font.getlength(ch) / 2, first + i * step), ch, font=font, fill=0, anchor="ls")
-            elif line:
-                x = self.margin - min(0, font.getbbox(line, anchor="ls")[0])
-                draw.text((x, first + i * step), line, font=font, fill=0, anchor="ls")
-        return page.convert("RGB")
-
-    def render_text(self, text: str) -> list[Image.Image]:
-        return [self.draw_page(lines) for lines in self.layout_text(text)]
-
-    # ---- per-vision-cell character labels (training-only reading loss) ---------------------------------------
-    def cell_grid(self, mode=None) -> int | None:
-        """Side g of the global view's vision grid when that view is the whole page squashed to a square (no crop
-        mode, view <= 640 px), else None: only then do page pixels map onto cells without letterboxing."""
-        base_size, image_size, crop_mode = self.geometry(mode)
-        if crop_mode or image_size > SQUASH_MAX:
-            return None
-        return vision_grid_size(image_size, self.patch_size, self.downsample_ratio)
-
-    def char_cell_labels(self, text: str, mode=None, max_pages: int | None = None) -> torch.Tensor:
-        """Per-vision-cell character labels of `text` as this processor renders it: (P, g, g, ocr_cell_slots) long.
-
-        Cell [p, r, c] lists (left to right, up to `ocr_cell_slots`) the classes of the characters whose glyph
-        centre falls in vision cell (r, c) of the global view of page p; 0 = empty slot. Class i is
-        `ocr_charset[i - 1]`; spaces and characters outside the charset get no label (they are skipped). P is
-        the number of pages `preprocess` makes of `text` (first `max_pages` pages). Geometries without a
-        squashed global view (crop mode, views > 640 px) have no cell mapping: every entry is -100 there.
-        """
-        pages = self.layout_text(text)[: self.max_pages if max_pages is None else max_pages]
-        g, slots = self.cell_grid(mode), self.ocr_cell_slots
-        if g is None:
-            side = self.label_grid_side(mode)
-            return torch.full((len(pages), side, side, slots), -100, dtype=torch.long)
-        index = {ch: i + 1 for i, ch in enumerate(self.ocr_charset)}
-        out = torch.zeros((len(pages), g, g, slots), dtype=torch.long)
-        for p, _, line, cells in self._line_cells(pages, g):
-            for ch, cell in zip(line, cells):
-                if ch in index and cell is not None:
-                    labels = out[p, cell[0], cell[1]]
-                    k = int((labels > 0).sum())
-                    if k < slots:
-                        labels[k] = index[ch]
-        return out
-
-    def span_cell_mask(self, text: str, span: str, mode=None, max_pages: int | None = None) -> torch.Tensor:
-        """Where `span` is written on the rendered pages: (P, g, g) long, 1 on the vision cells holding a
-        non-space character of an occurrence of `span` within one line, 0 elsewhere; -100 everywhere when `span`
-        is on no line (wrapped across lines, not in the text) or the geometry has no cell mapping. For the
-        training-only locating loss (run_instruct `--locate_aux_weight`): the renderer knows where the answer is."""
-        pages = self.layout_text(text)[: self.max_pages if max_pages is None else max_pages]
-        g = self.cell_grid(mode)
-        if g is None:
-            side = self.label_grid_side(mode)
-            return torch.full((len(pages), side, side), -100, dtype=torch.long)
-        out = torch.zeros((len(pages), g, g), dtype=torch.long)
-        span = span.strip()
-        for p, _, line, cells in self._line_cells(pages, g) if span else ():
-            start = line.find(span)
-            while start >= 0:
-                for ch, cell in zip(span, cells[start : start + len(span)]):
-                    if not ch.isspace() and cell is not None:
-                        out[p, cell[0], cell[1]] = 1
-                start = line.find(span, start + 1)
-        return out if out.any() else out.fill_(-100)
-
-    def label_grid_side(self, mode=None) -> int:
-        """Side of the global view's vision grid: the shape of per-cell labels, whether or not pages map onto it."""
-        base_size, image_size, crop_mode = self.geometry(mode)
-        return vision_grid_size(base_size if crop_mode else image_size, self.patch_size, self.downsample_ratio)
-
-    def _line_cells(self, pages: list[list[str]], g: int):
-        """(page, line index, line, [(row, col) or None per character]) for every line drawn on a g x g grid:
-        a glyph is in the cell of its centre, at the middle of the x-height."""
-        font = self._font()
-        cell_w, cell_h = self.page_width / g, self.page_height / g
-        ascent = font.getmetrics()[0]
-        for p, lines in enumerate(pages):
-            first, step = self._first_baseline(font, lines[0]), self._line_step()
-            for i, line in enumerate(lines):
-                if not line:
-                    continue
-                row = int((first + i * step - 0.4 * ascent) // cell_h)
-                if not 0 <= row < g:
-                    continue
-                cols = [int(centre // cell_w) for centre in self._glyph_centres(font, line)]
-                yield p, i, line, [(row, c) if 0 <= c < g else None for c in cols]
-
     # ---- documents -> pages -----------------------------------------------------------------------------------
     def load_pages(
         self, document, max_pages: int | None = None, truncate_pages: bool | None = None
     ) -> list[Image.Image]:
         """Pages (RGB PIL images) of a document: str text, a path (.txt/.md, image, .pdf), PDF or image bytes, a
         PIL image, a uint8 numpy array (H, W[, C]), or a list of those (pages in order). A str naming an existing
-        file is that file; any other str is text (a `DocumentText` is always text)."""
+        file is that file; any other str is text (a `DocumentText` is always text). See `load_document`."""
+        return self.load_document(document, max_pages, truncate_pages)[0]
+
+    def load_document(
+        self, document, max_pages: int | None = None, truncate_pages: bool | None = None
+    ) -> tuple[list[Image.Image], bool]:
+        """(pages, truncated): the pages of `load_pages`, and whether the document had more than `max_pages` pages
+        of which the first were kept (`truncate_pages=True`; otherwise more pages raise a ValueError).
+
+        The work is bounded by the page limit: text is laid out only up to `max_pages` + 1 pages (one more tells
+        that there are more), only kept pages are drawn or rasterised, and a list stops at the limit, so a 10 MB
+        text costs its first pages. The total page count is therefore not known. Decoded pages are capped at
+        `max_image_pixels` before decoding (see the class)."""
         max_pages = self.max_pages if max_pages is None else max_pages
         truncate = self.truncate_pages if truncate_pages is None else truncate_pages
-        pages = self._collect(document)  # PIL images or deferred renderers: count before rendering everything
-        if len(pages) > max_pages:
+        pages = self._collect(document, max_pages + 1)  # PIL images or deferred renderers: count before rendering
+        truncated = len(pages) > max_pages
+        if truncated:
             if not truncate:
                 raise ValueError(
-                    f"document has {len(pages)} pages, more than max_pages={max_pages} (raise max_pages, or pass "
+                    f"document has more than max_pages={max_pages} pages (raise max_pages, or pass "
                     "truncate_pages=True to keep the first pages)"
                 )
             warnings.warn(
-                f"document has {len(pages)} pages; keeping the first {max_pages} (truncate_pages=True)", stacklevel=2
+                f"document has more than {max_pages} pages; keeping the first {max_pages} (truncate_pages=True)",
+                stacklevel=3,
             )
             pages = pages[:max_pages]
-        return [p() if callable(p) else p for p in pages]
+        return [p() if callable(p) else p for p in pages], truncated
 
-    def _collect(self, doc) -> list[Image.Image | Callable[[], Image.Image]]:
+    def _collect(self, doc, limit: int) -> list[Image.Image | Callable[[], Image.Image]]:
+        """Up to `limit` pages of `doc`, drawn later if deferred."""
         if isinstance(doc, (list, tuple)):
             if not doc:
                 raise ValueError("empty document: an empty list of pages")
-            return [page for part in doc for page in self._collect(part)]
+            pages = []
+            for part in doc:
+                if len(pages) >= limit:
+                    break
+                pages += self._collect(part, limit - len(pages))
+            return pages
         if isinstance(doc, Image.Image):
+            self._check_pixels(doc.width, doc.height, "image")
             return [_as_rgb(doc)]
         if isinstance(doc, np.ndarray):
             return [self._from_array(doc)]
         if isinstance(doc, (bytes, bytearray, memoryview)):
-            return self._from_bytes(bytes(doc), "document bytes")
+            return self._from_bytes(bytes(doc), "document bytes", limit)
         if names_a_file(doc):
-            return self._from_file(os.fspath(doc))
+            return self._from_file(os.fspath(doc), limit)
         if isinstance(doc, str):
             if (
                 not isinstance(doc, DocumentText)
@@ -522,24 +327,31 @@ class DeepSynthImageProcessor(BaseImageProcessor):
                 and os.path.splitext(doc.strip())[1].lower() in DOCUMENT_SUFFIXES
             ):
                 raise ValueError(f"no such file: {doc!r} (a string naming an existing file is read as that file)")
-            return self._text_pages(doc)
+            return self._text_pages(doc, limit)
         raise ValueError(
             f"unsupported document type {type(doc).__name__}: expected text, a file path, bytes, a PIL image, "
             "a numpy array or a list of those"
         )
 
-    def _text_pages(self, text: str):
-        return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text)]
+    def _text_pages(self, text: str, limit: int):
+        return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text, max_pages=limit)]
 
-    @staticmethod
-    def _from_array(arr: np.ndarray) -> Image.Image:
+    def _check_pixels(self, width: int, height: int, name: str) -> None:
+        if width * height > self.max_image_pixels:
+            raise ValueError(
+                f"{name} is {width}x{height} pixels, more than max_image_pixels={self.max_image_pixels} (a "
+                "processor setting: raise it to read larger pages)"
+            )
+
+    def _from_array(self, arr: np.ndarray) -> Image.Image:
         if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
             raise ValueError(f"numpy pages must be uint8 (H, W) or (H, W, 1|3|4), got {arr.dtype} {arr.shape}")
         if arr.size == 0:
             raise ValueError(f"empty document: numpy page of shape {arr.shape}")
+        self._check_pixels(arr.shape[1], arr.shape[0], "numpy page")
         return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
 
-    def _from_file(self, path: str):
+    def _from_file(self, path: str, limit: int):
         if not os.path.isfile(path):
             raise ValueError(f"no such file: {path}")
         with open(path, "rb") as f:
@@ -553,24 +365,30 @@ class DeepSynthImageProcessor(BaseImageProcessor):
                 if suffix in TEXT_SUFFIXES:
                     raise ValueError(f"{path} is not UTF-8 text: {e}") from None
         if text is None or "\x00" in text:
-            return self._from_bytes(data, path)
+            return self._from_bytes(data, path, limit)
         if not text.strip():
             raise ValueError(f"empty document: {path} has no text")
-        return self._text_pages(text)
+        return self._text_pages(text, limit)
 
-    def _from_bytes(self, data: bytes, name: str):
+    def _from_bytes(self, data: bytes, name: str, limit: int):
         if not data:
             raise ValueError(f"empty document: {name} has no bytes")
         if b"%PDF-" in data[:1024]:
-            return self._pdf_pages(data, name)
+            return self._pdf_pages(data, name, limit)
         try:
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header: the size is known before decoding
+        except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), checked first
+            raise ValueError(f"{name} is too large to decode: {e} (max_image_pixels={self.max_image_pixels})") from None
+        except Exception as e:
+            raise ValueError(f"cannot read {name} as an image or PDF: {e}") from None
+        self._check_pixels(image.width, image.height, name)
+        try:
             image.load()  # decode now: a truncated or corrupt file must fail here, not later
             return [_as_rgb(image)]
         except Exception as e:
             raise ValueError(f"cannot read {name} as an image or PDF: {e}") from None
 
-    def _pdf_pages(self, data: bytes, name: str):
+    def _pdf_pages(self, data: bytes, name: str, limit: int):
         import pypdfium2 as pdfium  # only needed for PDFs
 
         try:
@@ -582,11 +400,22 @@ class DeepSynthImageProcessor(BaseImageProcessor):
 
         def render(i):  # deferred: only pages within max_pages are rasterised
             try:
-                return pdf[i].render(scale=self.pdf_dpi / 72).to_pil().convert("RGB")  # 72 PDF units per inch
+                page = pdf[i]
+                return page.render(scale=self._pdf_scale(*page.get_size())).to_pil().convert("RGB")
             except pdfium.PdfiumError as e:
                 raise ValueError(f"cannot render page {i + 1} of {name}: {e}") from None
 
-        return [lambda i=i: render(i) for i in range(len(pdf))]
+        return [lambda i=i: render(i) for i in range(min(len(pdf), limit))]
+
+    def _pdf_scale(self, width: float, height: float) -> float:
+        """Pixels per PDF unit for a page of width x height units: `pdf_dpi` (72 units an inch), lowered so that the
+        bitmap (pdfium rounds its sides up) stays within `max_image_pixels`."""
+        scale = self.pdf_dpi / 72
+        if math.ceil(width * scale) * math.ceil(height * scale) > self.max_image_pixels:
+            scale = math.sqrt(self.max_image_pixels / (width * height))
+            while math.ceil(width * scale) * math.ceil(height * scale) > self.max_image_pixels:
+                scale *= 0.999
+        return scale
 
     # ---- pages -> views -> tensors ----------------------------------------------------------------------------
     def page_views(self, page: Image.Image, mode=None) -> tuple[Image.Image, list[Image.Image], tuple[int, int]]:
@@ -614,14 +443,15 @@ class DeepSynthImageProcessor(BaseImageProcessor):
     def preprocess(self, images, mode=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """One document (anything `load_pages` takes) -> pixel_values (P, 3, S, S), pixel_values_local (T, 3, s, s)
         (only if some page has tiles), images_spatial_crop (P, 2) [width_tiles, height_tiles], and
-        num_image_tokens (P,) the `<image>` count of each page."""
+        num_image_tokens (P,) the `<image>` count of each page, and truncated (bool, see `load_document`)."""
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         if return_tensors not in ("pt", None):
             raise ValueError(f"only return_tensors='pt' is supported, got {return_tensors!r}")
         base_size, image_size, crop_mode = self.geometry(mode)
         globals_, tiles, grids = [], [], []
-        for page in self.load_pages(images):
+        pages, truncated = self.load_document(images)
+        for page in pages:
             view, page_tiles, grid = self.page_views(page, (base_size, image_size, crop_mode))
             globals_.append(view)
             tiles += page_tiles
@@ -634,6 +464,7 @@ class DeepSynthImageProcessor(BaseImageProcessor):
             "pixel_values": self.to_tensor(globals_),
             "images_spatial_crop": torch.tensor(grids, dtype=torch.long),
             "num_image_tokens": torch.tensor(counts, dtype=torch.long),
+            "truncated": truncated,
         }
         if tiles:
             data["pixel_values_local"] = self.to_tensor(tiles)
@@ -763,7 +594,6 @@ class DeepSynthProcessor(ProcessorMixin):
         instruction: str,
         answer: str | None = None,
         mode=None,
-        return_char_cells: bool = False,
         vision: dict | None = None,
         prompt: str | None = None,
     ) -> dict:
@@ -778,17 +608,16 @@ class DeepSynthProcessor(ProcessorMixin):
         vision: this document's page layout from an earlier call (`image_processor.preprocess` output, or only its
         `images_spatial_crop` and `num_image_tokens` when the caller holds the vision features already, e.g. a
         document cache): nothing is rendered, and pixel tensors are included only if `vision` has them.
-
-        return_char_cells: also give `ocr_cell_labels` (P, g, g, slots), the characters of every vision cell of
-        each page (`DeepSynthImageProcessor.char_cell_labels`), for the training-only reading loss. Only a plain
-        text document (a str that is not a file path) has them; images, PDFs, files and lists of pages get -100
-        everywhere (no loss)."""
+        The example's `truncated` (when rendered here, or in `vision`) says the document was cut to max_pages."""
         before, after = self._split_prompt(prompt, instruction) if prompt is not None else (None, None)
         needs_instruction = prompt is None or instruction is not None
         if needs_instruction and (not isinstance(instruction, str) or not instruction.strip()):
             raise ValueError(f"empty instruction: expected a non-empty string, got {instruction!r}")
         if answer is not None and not isinstance(answer, str):
             raise ValueError(f"answer must be a string or None, got {type(answer).__name__}")
+        check_unicode(instruction or "", "instruction")
+        check_unicode(prompt or "", "prompt")
+        check_unicode(answer or "", "answer")
         instruction = instruction and instruction.rstrip()  # upstream strips its prompt
         if vision is None:
             vision = self.image_processor.preprocess(document, mode=mode)
@@ -796,11 +625,9 @@ class DeepSynthProcessor(ProcessorMixin):
             "images_spatial_crop": vision["images_spatial_crop"],
             "num_pages": len(vision["num_image_tokens"]),
         }
-        for key in ("pixel_values", "pixel_values_local"):
+        for key in ("pixel_values", "pixel_values_local", "truncated"):
             if key in vision:
                 example[key] = vision[key]
-        if return_char_cells:
-            example["ocr_cell_labels"] = self._char_cells(document, vision, mode)
         k = 0
         if self.instruction_tokenizer is not None and instruction is not None:
             enc = self.instruction_tokenizer(instruction, truncation=True, max_length=self.max_instruction_length)
@@ -847,28 +674,6 @@ class DeepSynthProcessor(ProcessorMixin):
         # upstream's text_encode: the tokenizer's own encoding, special tokens (<|grounding|>, ...) recognised
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
-    def _char_cells(self, document, vision, mode) -> torch.Tensor:
-        ip = self.image_processor
-        return self._text_page_labels(document, len(vision["pixel_values"]), mode,
-                                      lambda text: ip.char_cell_labels(text, mode=mode), ip.ocr_cell_slots)
-
-    def answer_cells(self, document, answer: str | None, num_pages: int, mode=None) -> torch.Tensor:
-        """(num_pages, g, g): where `answer` is drawn on this document's pages (`image_processor.span_cell_mask`),
-        for the training-only locating loss. -100 everywhere (no loss) for images, PDFs, files, lists of pages and
-        rows without an answer."""
-        ip = self.image_processor
-        return self._text_page_labels(document, num_pages, mode, lambda text: ip.span_cell_mask(text, answer or "", mode=mode))
-
-    def _text_page_labels(self, document, num_pages: int, mode, labels_of, *tail) -> torch.Tensor:
-        """`labels_of(text)` for a plain text document (a str that is not a file path) when it has one entry per
-        rendered page; else (num_pages, g, g, *tail) of -100 (no loss)."""
-        if isinstance(document, str) and not os.path.isfile(document):
-            labels = labels_of(document)
-            if len(labels) == num_pages:
-                return labels
-        g = self.image_processor.label_grid_side(mode)
-        return torch.full((num_pages, g, g, *tail), -100, dtype=torch.long)
-
     def __call__(
         self, document=None, instruction=None, answer=None, return_tensors=None, mode=None, padding_side="left"
     ):
@@ -899,18 +704,15 @@ class DeepSynthProcessor(ProcessorMixin):
         padding_side: str = "left",
         pad_to_multiple_of: int | None = None,
         mode=None,
-        return_char_cells: bool = False,
     ) -> BatchFeature:
         """Pad examples (from `encode_example`, or raw records {"document" or "text", "instruction", "answer"}
         which are rendered here, i.e. in DataLoader workers) into one batch. Pixel tensors are concatenated in
-        batch order; views of different sizes (mixed modes) come back as lists of (3, S, S) tensors.
-        return_char_cells: raw records also get `ocr_cell_labels` (see `encode_example`), concatenated over the
-        pages of the batch like `pixel_values`: (P_total, g, g, slots)."""
+        batch order; views of different sizes (mixed modes) come back as lists of (3, S, S) tensors."""
         if not examples:
             raise ValueError("cannot collate an empty list of examples")
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        examples = [e if "input_ids" in e else self._from_record(e, mode, return_char_cells) for e in examples]
+        examples = [e if "input_ids" in e else self._from_record(e, mode) for e in examples]
         if len({"labels" in e for e in examples}) > 1:
             raise ValueError("some examples have an answer (labels) and some do not")
         length = max(len(e["input_ids"]) for e in examples)
@@ -940,10 +742,6 @@ class DeepSynthProcessor(ProcessorMixin):
             [torch.as_tensor(e["images_spatial_crop"]).view(-1, 2) for e in examples]
         ).long()
         batch["num_pages"] = torch.tensor([e["num_pages"] for e in examples], dtype=torch.long)
-        if any("ocr_cell_labels" in e for e in examples):
-            if not all("ocr_cell_labels" in e for e in examples):
-                raise ValueError("some examples have ocr_cell_labels and some do not")
-            batch["ocr_cell_labels"] = torch.cat([torch.as_tensor(e["ocr_cell_labels"]) for e in examples]).long()
         if self.instruction_tokenizer is not None:
             size = max(len(e["instruction_input_ids"]) for e in examples)
             batch["instruction_input_ids"] = stack(
@@ -952,11 +750,11 @@ class DeepSynthProcessor(ProcessorMixin):
             batch["instruction_attention_mask"] = stack("instruction_attention_mask", 0, size, "right")
         return BatchFeature(batch)
 
-    def _from_record(self, record: dict, mode=None, return_char_cells: bool = False) -> dict:
+    def _from_record(self, record: dict, mode=None) -> dict:
         document = record.get("document", record.get("text"))
         if document is None or "instruction" not in record:
             raise ValueError(f"a raw example needs 'document' (or 'text') and 'instruction', got keys {sorted(record)}")
-        return self.encode_example(document, record["instruction"], record.get("answer"), mode, return_char_cells)
+        return self.encode_example(document, record["instruction"], record.get("answer"), mode)
 
     @staticmethod
     def _cat(tensors: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

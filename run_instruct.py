@@ -46,6 +46,8 @@ from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 from pipeline_deepsynth import declare_pipeline, save_with_pipeline  # noqa: E402
 from processing_deepsynth import DeepSynthProcessor, row_document  # noqa: E402
 
+from deepsynth.training.labels import answer_cells, cell_grid, char_cells  # noqa: E402
+
 logger = logging.getLogger("run_instruct")
 
 # Default instruction encoders per `text_encoder_type` when no `text_encoder_model` is given.
@@ -622,13 +624,13 @@ class RenderingCollator:
             document = row_document(row)
             instruction = self.constant_instruction or row["instruction"]
             records.append({"document": document, "instruction": instruction, "answer": row.get("answer")})
-        batch = self.processor.collate(
-            records, padding_side=self.padding_side, return_char_cells=self.return_char_cells
-        )
-        if self.return_answer_cells:  # (P_total, g, g), pages in batch order like pixel_values
-            pages = batch["num_pages"].tolist()
+        batch = self.processor.collate(records, padding_side=self.padding_side)
+        ip, pages = self.processor.image_processor, batch["num_pages"].tolist()
+        if self.return_char_cells:  # (P_total, g, g, slots), pages in batch order like pixel_values
+            batch["ocr_cell_labels"] = torch.cat([char_cells(ip, r["document"], n) for r, n in zip(records, pages)])
+        if self.return_answer_cells:  # (P_total, g, g)
             batch["answer_cell_labels"] = torch.cat([
-                self.processor.answer_cells(r["document"], r["answer"], n) for r, n in zip(records, pages)
+                answer_cells(ip, r["document"], r["answer"], n) for r, n in zip(records, pages)
             ])
         return batch
 
@@ -1003,11 +1005,11 @@ def main(argv=None):
 
     splits = load_splits(data_args, training_args)
     if training_args.ocr_aux_weight > 0:
-        if processor.image_processor.cell_grid() is None:
+        if cell_grid(processor.image_processor) is None:
             raise ValueError("--ocr_aux_weight needs a squashed global view (no crop mode, view <= 640 px)")
         if processor.image_processor.line_height is None:
             logger.warning("--ocr_aux_weight without a processor line_height: text lines are not on vision-token rows")
-    if training_args.locate_aux_weight > 0 and processor.image_processor.cell_grid() is None:
+    if training_args.locate_aux_weight > 0 and cell_grid(processor.image_processor) is None:
         raise ValueError("--locate_aux_weight needs a squashed global view (no crop mode, view <= 640 px)")
     collator = RenderingCollator(processor, return_char_cells=training_args.ocr_aux_weight > 0,
                                  constant_instruction=data_args.constant_instruction,

@@ -19,6 +19,7 @@ setup(
         "configuration_deepsynth",
         "modeling_deepsynth",
         "processing_deepsynth",
+        "rendering_deepsynth",
         "pipeline_deepsynth",
         "generation_deepsynth",
         "infer_deepsynth",

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from deepsynth.data.synthetic import generate_split, random_lines_split  # noqa: E402
 from deepsynth.tiny import tiny_bert_config, tiny_text_config  # noqa: E402
 from deepsynth.tokenization import build_decoder_tokenizer  # noqa: E402
+from deepsynth.training.labels import cell_grid, char_cell_labels, span_cell_mask  # noqa: E402
 from configuration_deepsynth import DeepSynthConfig  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor  # noqa: E402
@@ -64,7 +65,7 @@ def test_lines_sit_on_vision_token_rows_and_cell_labels_match_the_glyphs():
     text = "Hello World 123\nabcdefghijklmnop\nXY"
     assert ip.layout_text(text) == [["Hello World 123", "abcdefghijklmnop", "XY"]]
     page = np.asarray(ip.render_text(text)[0].convert("L")) < 128  # ink
-    labels = ip.char_cell_labels(text)
+    labels = char_cell_labels(ip, text)
     assert labels.shape == (1, 8, 8, ip.ocr_cell_slots) and labels.dtype == torch.long
     cells = decode_cells(ip, labels[0])
     # every line is on its own vision-token row, in reading order, spaces dropped
@@ -92,7 +93,7 @@ def test_lines_sit_on_vision_token_rows_and_cell_labels_match_the_glyphs():
     # without line_height the layout is unchanged (default pitch), and crop mode has no cell mapping
     assert image_processor(line_height=None)._line_step() == round(11 * 1.25)
     tiled = DeepSynthImageProcessor(mode="gundam")
-    assert tiled.cell_grid() is None and (tiled.char_cell_labels("hello") == -100).all()
+    assert cell_grid(tiled) is None and (char_cell_labels(tiled, "hello") == -100).all()
 
 
 def test_fixed_character_pitch_puts_the_same_character_slots_in_every_vision_cell():
@@ -101,7 +102,7 @@ def test_fixed_character_pitch_puts_the_same_character_slots_in_every_vision_cel
     # 16 characters a line (128 px / 8): wrapping counts characters, not the font's advances
     text = "Wm1i WWWW mmmm iiii\nabcdefghijklmnopqrstuvwxyz"
     assert ip.layout_text(text) == [["Wm1i WWWW mmmm", "iiii", "abcdefghijklmnop", "qrstuvwxyz"]]
-    cells = decode_cells(ip, ip.char_cell_labels(text)[0])
+    cells = decode_cells(ip, char_cell_labels(ip, text)[0])
     assert cells[0][:5] == ["Wm", "1i", "W", "WW", "W"] and cells[2] == ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op"]
     ink = np.asarray(ip.render_text(text)[0].convert("L")) < 128
     for j, ch in enumerate("abcdefghijklmnop"):  # glyph j is drawn inside its own 8-px slot of row 2
@@ -117,17 +118,18 @@ def test_fixed_character_pitch_puts_the_same_character_slots_in_every_vision_cel
 
 
 def test_collate_gives_cell_labels_for_text_only():
-    p = processor()
+    import run_instruct
     from PIL import Image
 
+    p = processor()
     rows = [{"document": "AB 12\ncd", "instruction": "Free OCR.", "answer": "AB 12\ncd"},
             {"document": Image.new("RGB", (64, 64), "white"), "instruction": "Free OCR.", "answer": "x"}]
-    batch = p.collate(rows, padding_side="right", return_char_cells=True)
+    batch = run_instruct.RenderingCollator(p, return_char_cells=True)(rows)
     cells = batch["ocr_cell_labels"]
     assert cells.shape == (2, 4, 4, 4)
     assert "".join(decode_cells(p.image_processor, cells[0])[0]) == "AB12"
     assert (cells[1] == -100).all()  # an image has no labels
-    assert "ocr_cell_labels" not in p.collate(rows, padding_side="right")  # opt-in
+    assert "ocr_cell_labels" not in run_instruct.RenderingCollator(p)(rows)  # opt-in
     # the processor config keeps the geometry and the charset
     d = p.image_processor.to_dict()
     assert d["line_height"] == 16 and d["ocr_cell_slots"] == 4 and d["ocr_charset"][0] == "!"
@@ -172,9 +174,9 @@ def test_aux_loss_reaches_the_vision_tower(tmp_path):
 def test_span_cell_mask_marks_the_cells_where_the_answer_is_drawn():
     ip = image_processor(page_width=128, page_height=128, base_size=128, image_size=128)
     text = "Revenue: $45.2M\nCosts: $12M\nNet: $45.2M"
-    mask = ip.span_cell_mask(text, "$45.2M")
+    mask = span_cell_mask(ip, text, "$45.2M")
     assert mask.shape == (1, 8, 8) and mask.dtype == torch.long
-    cells = decode_cells(ip, ip.char_cell_labels(text)[0])
+    cells = decode_cells(ip, char_cell_labels(ip, text)[0])
     # both occurrences (rows 0 and 2), and exactly the cells holding its glyphs
     marked = {(r, c) for r, c in zip(*mask[0].nonzero(as_tuple=True)) for r, c in [(int(r), int(c))]}
     assert {r for r, _ in marked} == {0, 2}
@@ -183,9 +185,9 @@ def test_span_cell_mask_marks_the_cells_where_the_answer_is_drawn():
     assert "".join(cells[0][c] for c in sorted(c for r, c in marked if r == 0)).endswith("$45.2M")
     assert "".join(cells[1]).startswith("Costs") and not mask[0, 1].any()
     # not on any single line (absent, or wrapped across lines): no label at all, never a wrong one
-    assert (ip.span_cell_mask(text, "$99M") == -100).all()
-    assert (ip.span_cell_mask(text, "$45.2M Costs") == -100).all()
-    assert (DeepSynthImageProcessor(mode="gundam").span_cell_mask("a b", "a") == -100).all()
+    assert (span_cell_mask(ip, text, "$99M") == -100).all()
+    assert (span_cell_mask(ip, text, "$45.2M Costs") == -100).all()
+    assert (span_cell_mask(DeepSynthImageProcessor(mode="gundam"), "a b", "a") == -100).all()
 
 
 def test_locating_loss_trains_the_decoder_towards_the_answer_cells(tmp_path):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from configuration_deepsynth import DeepSynthConfig, num_image_tokens
 from deepsynth.tokenization import build_decoder_tokenizer
+import rendering_deepsynth
 from processing_deepsynth import DeepSynthCollator, DeepSynthImageProcessor, DeepSynthProcessor
 
 IMG = 128815  # upstream image token id (the fixture's ids before the 511 substitution)
@@ -465,7 +466,7 @@ def test_page_limit_and_truncation():
     ip = small_ip(max_pages=2)
     # 12 px DejaVu: ascent 12, descent 3, 15 px steps; baselines 24, 39, ..., 144 fit above 160 - 12: 9 lines
     text = "line\n" * 200  # 201 lines (the last blank) = 23 pages
-    with pytest.raises(ValueError, match="document has 23 pages, more than max_pages=2"):
+    with pytest.raises(ValueError, match="document has more than max_pages=2 pages"):  # 3 pages laid out, not 23
         ip.load_pages(text)
     with pytest.warns(UserWarning, match="keeping the first 2"):
         pages = small_ip(max_pages=2, truncate_pages=True).load_pages(text)
@@ -529,7 +530,8 @@ LOADER = textwrap.dedent(
     import importlib.abc, json, sys
     class BlockRepo(importlib.abc.MetaPathFinder):  # prove nothing comes from the DeepSynth checkout
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"processing_deepsynth", "configuration_deepsynth", "deepsynth"}:
+            if name.split(".")[0] in {"processing_deepsynth", "rendering_deepsynth", "configuration_deepsynth",
+                                      "deepsynth"}:
                 raise ImportError("blocked " + name)
     sys.meta_path.insert(0, BlockRepo())
     import torch
@@ -540,8 +542,10 @@ LOADER = textwrap.dedent(
         proc = AutoProcessor.from_pretrained(ckpt, trust_remote_code=True)
         batch = proc(**args["call"], return_tensors="pt")
         results[name] = dict(batch)
+        renderer = type(proc.image_processor).__mro__[-2]  # DeepSynthTextRenderer, the checkpoint's own copy
         results[name + ".info"] = [type(proc).__module__, proc.image_processor.font_path(),
-                                   proc.instruction_tokenizer is None, proc.instruction_fusion]
+                                   proc.instruction_tokenizer is None, proc.instruction_fusion,
+                                   f"{renderer.__module__}.{renderer.__name__}"]
     results["auto_image_processor"] = type(AutoImageProcessor.from_pretrained(ckpt, trust_remote_code=True)).__name__
     torch.save(results, args["out"])
     """
@@ -564,6 +568,8 @@ def test_autoprocessor_roundtrip_fresh_process(tmp_path):
     DeepSynthConfig().save_pretrained(ckpts["fused"])  # a real checkpoint also holds the model config
     assert (ckpts["fused"] / "DejaVuSans.ttf").read_bytes() == (ckpts["plain"] / "DejaVuSans.ttf").read_bytes()
     assert (ckpts["fused"] / "instruction_tokenizer" / "tokenizer_config.json").is_file()
+    for ckpt in ckpts.values():  # the renderer travels beside the processor (a relative import of it)
+        assert (ckpt / "rendering_deepsynth.py").read_bytes() == open(rendering_deepsynth.__file__, "rb").read()
     assert not (ckpts["plain"] / "instruction_tokenizer").exists()
     saved = json.loads((ckpts["fused"] / "processor_config.json").read_text())
     assert saved["instruction_fusion"] == "tokens" and saved["image_processor"]["font_file"] == "DejaVuSans.ttf"
@@ -584,8 +590,9 @@ def test_autoprocessor_roundtrip_fresh_process(tmp_path):
         assert set(results[name]) == set(expected), name
         for key in expected:
             assert torch.equal(results[name][key], expected[key]), (name, key)
-        module, font, no_instruction_tokenizer, fusion = results[name + ".info"]
+        module, font, no_instruction_tokenizer, fusion, renderer = results[name + ".info"]
         assert module.startswith("transformers_modules.") and module.endswith("processing_deepsynth")
+        assert renderer.startswith("transformers_modules.") and renderer.endswith("rendering_deepsynth.DeepSynthTextRenderer")
         assert font == str(ckpts[name] / "DejaVuSans.ttf")  # the checkpoint's own font
         assert no_instruction_tokenizer == (name == "plain") and fusion == {"fused": "tokens", "plain": "none"}[name]
     assert "pixel_values_local" in results["fused"] and results["auto_image_processor"] == "DeepSynthImageProcessor"
