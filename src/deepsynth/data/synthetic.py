@@ -47,7 +47,8 @@ except ImportError:  # a source checkout run with only src/ on the path
 
 DOC_KINDS = ("financial_report", "invoice", "meeting_notes", "product_spec", "hr_letter")
 TASKS = ("qa", "extraction", "summary")
-ALL_TASKS = TASKS + ("transcription", "json_extraction")
+ALL_TASKS = TASKS + ("transcription",)
+JSON_TASKS = ("json_extraction",)  # opt-in too; kept out of ALL_TASKS so that datasets drawn with it stay the same
 TRANSCRIPTION_INSTRUCTIONS = (
     "Transcribe the document.", "Free OCR.", "Read out all the text on the page.", "Convert the document to text.",
 )
@@ -166,8 +167,13 @@ JSON_EXTRACTION_TEMPLATES = {
     "train": (
         "Extract {fields} as JSON.", "Return a JSON object with the fields {fields}.",
         "Fill in these fields as JSON: {fields}.", "Give {fields} from the document as a JSON object.",
+        "Extract the following fields as JSON: {fields}.", "Answer in JSON with the keys {fields}.",
+        "Pull {fields} out of the document into JSON.", "Write a JSON object containing {fields}.",
     ),
-    "heldout": ("Output JSON holding {fields}.", "As a JSON object, what are {fields}?"),
+    "heldout": (
+        "Output JSON holding {fields}.", "As a JSON object, what are {fields}?",
+        "Produce JSON with these keys: {fields}.", "Structure {fields} as a JSON record.",
+    ),
 }
 TEMPLATES = {"qa": QA_TEMPLATES, "extraction": EXTRACTION_TEMPLATES, "summary": SUMMARY_TEMPLATES,
              "json_extraction": JSON_EXTRACTION_TEMPLATES}
@@ -496,8 +502,8 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     if invented_names and split not in INVENTED_NAMES_SPLITS:
         raise ValueError(f"invented_names applies to the {' and '.join(INVENTED_NAMES_SPLITS)} splits, not {split!r}")
-    if not tasks or any(t not in ALL_TASKS for t in tasks):
-        raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS}, got {tasks!r}")
+    if not tasks or any(t not in ALL_TASKS + JSON_TASKS for t in tasks):
+        raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS + JSON_TASKS}, got {tasks!r}")
     pools, template_set, layouts = _SPLIT_CONFIG[split]
     # A string seed is hashed with SHA-512 by `random`, so it is stable across runs and machines.
     rng = random.Random(f"deepsynth-synthetic:{seed}:{split}")
