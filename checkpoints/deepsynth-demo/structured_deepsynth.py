@@ -119,18 +119,28 @@ def check_tokenizer_can_write(tokenizer, schema: dict) -> None:
                              "generated with its vocabulary")
 
 
-# tokenizer -> {(vocab_size, stop ids): xgrammar GrammarCompiler}. A compiler caches its compiled schemas.
+# tokenizer -> {(vocab_size, stop ids): _Vocabulary}. Its compiler caches the schemas it compiled.
 _COMPILERS = weakref.WeakKeyDictionary()
 
 
-def _compiler(tokenizer, vocab_size: int, stop_token_ids: tuple):
-    xgr = _require("xgrammar")
+class _Vocabulary:
+    """What every constraint over one tokenizer shares: the grammar compiler and each token's bytes."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_token_ids: tuple):
+        xgr = _require("xgrammar")
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
+                                                  stop_token_ids=list(stop_token_ids) or None)
+        self.compiler = xgr.GrammarCompiler(info, max_threads=1)
+        self.token_bytes = info.decoded_vocab  # bytes each token writes: exact offsets, even mid-character
+        self.stop = set(info.stop_token_ids)
+        self.silent = set(info.special_token_ids) | self.stop  # write nothing into the answer
+
+
+def _vocabulary(tokenizer, vocab_size: int, stop_token_ids: tuple) -> _Vocabulary:
     per_tokenizer = _COMPILERS.setdefault(tokenizer, {})
     key = (vocab_size, stop_token_ids)
     if key not in per_tokenizer:
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size,
-                                                  stop_token_ids=list(stop_token_ids) or None)
-        per_tokenizer[key] = xgr.GrammarCompiler(info, max_threads=1)
+        per_tokenizer[key] = _Vocabulary(tokenizer, vocab_size, stop_token_ids)
     return per_tokenizer[key]
 
 
@@ -146,14 +156,11 @@ class JsonConstraint:
         if stop_token_ids is None:
             stop_token_ids = tokenizer.eos_token_id
         stop = tuple([stop_token_ids] if isinstance(stop_token_ids, int) else stop_token_ids or ())
-        compiler = _compiler(tokenizer, vocab_size or len(tokenizer), stop)
+        self._vocabulary = _vocabulary(tokenizer, vocab_size or len(tokenizer), stop)
         try:
-            self.grammar = compiler.compile_json_schema(json.dumps(self.schema), any_whitespace=False)
+            self.grammar = self._vocabulary.compiler.compile_json_schema(json.dumps(self.schema), any_whitespace=False)
         except RuntimeError as e:  # valid JSON Schema, but a feature xgrammar does not support
             raise ValueError(f"this JSON Schema cannot be compiled to a grammar: {e}") from None
-        info = self.grammar.tokenizer_info
-        self._token_bytes = info.decoded_vocab  # bytes each token writes: exact offsets, even mid-character
-        self._silent = set(info.special_token_ids) | set(info.stop_token_ids)
         self._validator = _require("jsonschema").Draft202012Validator(self.schema)
 
     def logits_processor(self):
@@ -163,12 +170,10 @@ class JsonConstraint:
     def parse(self, token_ids, logprobs=None) -> dict:
         """Generated ids (no prompt; padding after eos is ignored) -> {"json": object or None, "field_confidence":
         {field: float}, "json_error": None or why there is no object}. `logprobs`: one log-probability per id."""
+        vocabulary = self._vocabulary
         ids = [int(t) for t in token_ids]
-        pieces = [b"" if t in self._silent else self._token_bytes[t] for t in ids]
-        for end, t in enumerate(ids):  # stop at the first stop token
-            if t in self._silent and t in self.grammar.tokenizer_info.stop_token_ids:
-                pieces = pieces[:end]
-                break
+        ids = ids[: next((i for i, t in enumerate(ids) if t in vocabulary.stop), len(ids))]  # up to the first stop
+        pieces = [b"" if t in vocabulary.silent else vocabulary.token_bytes[t] for t in ids]
         raw = b"".join(pieces).decode("utf-8", errors="replace")
         try:
             obj = json.loads(raw)
