@@ -9,6 +9,11 @@
 a PIL image, or a list of those as the pages of one document. Generation kwargs (max_new_tokens, do_sample,
 temperature, top_p, ..., `repetition_guard=True`: the windowed n-gram guard) go to `generate()`.
 
+Structured extraction: `pipe(document=..., instruction=..., schema={...JSON Schema...})` (or `fields=["revenue",
+"growth"]`: required string fields) constrains decoding to JSON valid under the schema (xgrammar; see
+structured_deepsynth.py) and adds the parsed object: {"answer": raw text, "score", "json": object or None,
+"field_confidence": {field: confidence}, "json_error": None or why there is no object (out of tokens)}.
+
 `score` is the answer's confidence: the geometric mean of the probabilities of the generated tokens (the end-of-
 sequence token included) under the distribution generate() picked each of them from, i.e. after its logits
 processors (suppressed placeholder ids, temperature, top-k/top-p). See `generate_with_scores`.
@@ -20,7 +25,7 @@ that `pipeline(model=DIR, trust_remote_code=True)` picks this task in a fresh pr
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import AutoModelForImageTextToText, GenerationConfig, Pipeline
+from transformers import AutoModelForImageTextToText, GenerationConfig, LogitsProcessorList, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
@@ -43,7 +48,7 @@ def generate_with_scores(model, inputs: dict, **generate_kwargs) -> dict[str, to
 
     inputs: a left-padded prompt batch (processor output, or with `image_features` / a pre-filled `cache`).
     Returns {"tokens": (B, T) new token ids (padding after a row ended), "lengths": (B,) tokens each row generated,
-    its end-of-sequence token included, "scores": (B,) confidence}.
+    its end-of-sequence token included, "scores": (B,) confidence, "logprobs": (B, T) log p of each token}.
 
     confidence = exp(mean over the row's generated tokens of log p(token)), with p the softmax of the scores
     generate() chose the token from (`compute_transition_scores(..., normalize_logits=True)`; with beam search, those
@@ -68,7 +73,40 @@ def generate_with_scores(model, inputs: dict, **generate_kwargs) -> dict[str, to
     lengths = torch.clamp(first_eos + 1, max=tokens.shape[1])
     valid = steps < lengths.unsqueeze(1)
     mean_logprob = (logprobs.float() * valid).sum(1) / lengths.clamp(min=1)
-    return {"tokens": tokens, "lengths": lengths, "scores": mean_logprob.exp()}
+    return {"tokens": tokens, "lengths": lengths, "scores": mean_logprob.exp(), "logprobs": logprobs.float()}
+
+
+def build_json_constraint(model, tokenizer, schema=None, fields=None):
+    """The JsonConstraint for a request's `schema` (JSON Schema dict or text) or `fields` (names), or None when
+    neither is given. ValueError on a bad schema, both given, or a schema the tokenizer cannot write."""
+    if schema is None and fields is None:
+        return None
+    if schema is not None and fields is not None:
+        raise ValueError("pass either schema or fields, not both")
+    try:  # lazily: xgrammar and jsonschema are needed only for structured requests
+        from .structured_deepsynth import JsonConstraint, schema_from_fields
+    except ImportError:
+        from structured_deepsynth import JsonConstraint, schema_from_fields
+    if fields is not None:
+        schema = schema_from_fields(fields)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    return JsonConstraint(tokenizer, schema, vocab_size=vocab_size, stop_token_ids=model.generation_config.eos_token_id)
+
+
+def constrained_kwargs(model, constraint, generate_kwargs: dict) -> dict:
+    """generate() kwargs with the constraint's logits processor appended (a fresh one: it serves one call)."""
+    if generate_kwargs.get("num_beams", model.generation_config.num_beams or 1) > 1:
+        raise ValueError("schema-constrained generation runs greedy or sampling: num_beams must be 1")
+    processors = [*generate_kwargs.get("logits_processor", []), constraint.logits_processor()]
+    return {**generate_kwargs, "logits_processor": LogitsProcessorList(processors)}
+
+
+def decode_json(constraint, outputs: dict[str, torch.Tensor]) -> list[dict]:
+    """`generate_with_scores` output of a constrained call -> [{"json", "field_confidence", "json_error"}] per row."""
+    return [
+        constraint.parse(tokens[: int(length)].tolist(), logprobs[: int(length)].tolist())
+        for tokens, length, logprobs in zip(outputs["tokens"], outputs["lengths"], outputs["logprobs"])
+    ]
 
 
 def decode_answers(tokenizer, outputs: dict[str, torch.Tensor]) -> list[dict]:
@@ -114,13 +152,18 @@ class DocumentInstructionPipeline(Pipeline):
             inputs = list(inputs)
         return super().__call__(inputs, **kwargs)
 
-    def _sanitize_parameters(self, mode=None, max_new_tokens=None, generate_kwargs=None, **kwargs):
+    def _sanitize_parameters(self, mode=None, max_new_tokens=None, generate_kwargs=None, schema=None, fields=None,
+                             **kwargs):
         preprocess = {} if mode is None else {"mode": mode}
         # Everything else is a generation parameter; generate() rejects what it does not know.
         generate = {**(generate_kwargs or {}), **kwargs}
         if max_new_tokens is not None:
             generate["max_new_tokens"] = max_new_tokens
-        return preprocess, ({"generate_kwargs": generate} if generate else {}), {}
+        forward, postprocess = ({"generate_kwargs": generate} if generate else {}), {}
+        constraint = build_json_constraint(self.model, self.processor.tokenizer, schema, fields)
+        if constraint is not None:
+            forward["constraint"] = postprocess["constraint"] = constraint
+        return preprocess, forward, postprocess
 
     def preprocess(self, inputs, mode=None):
         if not isinstance(inputs, dict) or "document" not in inputs or "instruction" not in inputs:
@@ -135,16 +178,21 @@ class DocumentInstructionPipeline(Pipeline):
         model_iterator = PipelineIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
-    def _forward(self, model_inputs, generate_kwargs=None):
+    def _forward(self, model_inputs, generate_kwargs=None, constraint=None):
         if not torch.is_tensor(model_inputs["input_ids"]):  # a single example from `preprocess`
             model_inputs = self._ensure_tensor_on_device(self.processor.collate([model_inputs]), self.device)
         generate_kwargs = self._prepare_generate_kwargs(generate_kwargs or {})
         generate_kwargs = resolve_guard_kwarg(generate_kwargs, self.processor.tokenizer)  # repetition_guard=True
+        if constraint is not None:
+            generate_kwargs = constrained_kwargs(self.model, constraint, generate_kwargs)
         return generate_with_scores(self.model, dict(model_inputs), **generate_kwargs)
 
-    def postprocess(self, model_outputs):
+    def postprocess(self, model_outputs, constraint=None):
         result = decode_answers(self.processor.tokenizer, model_outputs)[0]
-        return {"answer": result["answer"], "score": result["score"]}
+        answer = {"answer": result["answer"], "score": result["score"]}
+        if constraint is not None:
+            answer.update(decode_json(constraint, model_outputs)[0])
+        return answer
 
     def save_pretrained(self, save_directory, **kwargs):
         # Pipeline.save_pretrained writes `custom_pipelines` into the config, copies this file and saves the model.
@@ -183,7 +231,10 @@ def save_with_pipeline(model: DeepSynthForConditionalGeneration, processor: Deep
 
 __all__ = [
     "DocumentInstructionPipeline",
+    "build_json_constraint",
+    "constrained_kwargs",
     "decode_answers",
+    "decode_json",
     "declare_pipeline",
     "generate_with_scores",
     "save_with_pipeline",

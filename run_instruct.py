@@ -10,7 +10,10 @@ The user guide's keys and flags (`model_name`, `batch_size`, `num_epochs`, `--hf
 are accepted too and mapped onto these arguments (see SEED_KEYS).
 
 Rows are {text | image | document, instruction, answer}; documents are rendered to page images lazily, per batch,
-inside the DataLoader workers.
+inside the DataLoader workers. An answer may be a JSON object (or array): it is trained on as its canonical JSON text
+(`structured_deepsynth.canonical_json`: compact, ", " and ": " separators, keys in the row's order), the exact text
+schema-constrained decoding writes. In a JSON Lines file give every row of a split the same keys (Arrow merges an
+object column's keys; a key a row lacks reads as null).
 """
 
 import copy
@@ -24,6 +27,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 import torch
 import transformers
 from safetensors import safe_open
@@ -45,6 +49,7 @@ from configuration_deepsynth import DeepSynthConfig  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 from pipeline_deepsynth import declare_pipeline, save_with_pipeline  # noqa: E402
 from processing_deepsynth import DeepSynthProcessor, row_document  # noqa: E402
+from structured_deepsynth import canonical_json  # noqa: E402
 
 from deepsynth.training.labels import answer_cells, cell_grid, char_cells  # noqa: E402
 
@@ -583,19 +588,23 @@ def merge_lora(peft_model, processor, out_dir: str):
 def load_splits(data_args: DataArguments, training_args):
     from deepsynth.data.loading import load_instruction_dataset
 
+    from deepsynth.data.loading import validate_rows
+
     def load(file, split, limit):
         source = file or data_args.dataset_name
         if source is None:
             raise ValueError("Pass dataset_name (--hf-dataset) or train/validation/test files")
         opts = {"no_answer": data_args.no_answer_text} if data_args.dataset_source == "squad_v2" else {}
-        return load_instruction_dataset(
+        ds = load_instruction_dataset(
             source,
             split=None if file else split,
             source=data_args.dataset_source,
             max_samples=limit,
             config=data_args.dataset_config_name,
+            validate=False,
             **opts,
         )
+        return validate_rows(json_answers_as_text(ds))
 
     splits = {}
     if training_args.do_train:
@@ -605,6 +614,22 @@ def load_splits(data_args: DataArguments, training_args):
     if training_args.do_predict:
         splits["test"] = load(data_args.test_file, data_args.test_split, data_args.max_predict_samples)
     return splits
+
+
+def json_answers_as_text(ds):
+    """A dataset whose `answer` column holds JSON objects/arrays -> the same with their canonical JSON text."""
+    if isinstance(ds, datasets.DatasetDict):
+        return datasets.DatasetDict({name: json_answers_as_text(split) for name, split in ds.items()})
+    if "answer" not in ds.column_names or getattr(ds.features["answer"], "dtype", None) == "string":
+        return ds
+    features = ds.features.copy()
+    features["answer"] = datasets.Value("string")
+
+    def serialise(row):
+        answer = row["answer"]
+        return {"answer": answer if answer is None or isinstance(answer, str) else canonical_json(answer)}
+
+    return ds.map(serialise, features=features)
 
 
 class RenderingCollator:

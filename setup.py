@@ -23,6 +23,7 @@ setup(
         "pipeline_deepsynth",
         "generation_deepsynth",
         "infer_deepsynth",
+        "structured_deepsynth",
         "run_instruct",
     ],
     include_package_data=True,
@@ -54,9 +55,11 @@ setup(
         "fastapi>=0.110",
         "uvicorn>=0.29",
         "python-multipart",
+        "xgrammar>=0.2.9,<0.3",  # schema-constrained JSON decoding (structured_deepsynth.py), as vLLM uses
+        "jsonschema>=4.18",  # Draft 2020-12 schema checks and output validation
     ],
     extras_require={
         "deepspeed": ["deepspeed==0.19.8"],  # install with DS_BUILD_OPS=0 on machines without a GPU toolchain
-        "dev": ["pytest>=8", "deepspeed==0.19.8", "tensorboard", "playwright", "requests"],
+        "dev": ["pytest>=8", "deepspeed==0.19.8", "tensorboard", "playwright", "requests", "hypothesis>=6.100,<7"],
     },
 )

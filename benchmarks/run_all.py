@@ -32,6 +32,7 @@ BENCHMARKS = {
     "memory": ("bench_memory.py", ["--real-vision"], False),
     "compression": ("bench_compression.py", [], False),
     "hotpaths": ("bench_hotpaths.py", ["--real-vision"], True),
+    "structured": ("bench_structured.py", [], True),  # issue 18: JSON-constrained decoding overhead
 }
 
 

@@ -9,6 +9,8 @@ Tasks (`--task`):
     mixed          QA / extraction / summary + 40% transcription rows (stage C: keeps reading alive)
     answering      1/3 Q&A, 1/3 extraction, 1/6 summary, 1/6 transcription (stage D: more answering steps
                    without forgetting summaries or reading)
+    json_extraction  JSON extraction only: 2-4 named fields -> the canonical JSON object; rows carry `fields`
+    json_mixed     QA / extraction / summary + 1/4 JSON extraction rows
     random_lines   reading warm-up: `--lines` lines of random characters -> the same text (stage A); the
                    document-kind splits do not apply, every split is fresh random pages (own seed per split)
 
@@ -38,6 +40,8 @@ TASK_SETS = {
     "transcription": ("transcription",),
     "mixed": TASKS + ("transcription", "transcription"),
     "answering": ("qa", "extraction", "qa", "extraction", "summary", "transcription"),
+    "json_extraction": ("json_extraction",),
+    "json_mixed": TASKS + ("json_extraction",),
 }
 
 
@@ -74,6 +78,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", default="instructions", choices=[*TASK_SETS, "random_lines"])
+    parser.add_argument("--json-extraction", action="store_const", dest="task", const="json_mixed",
+                        help="same as --task json_mixed: add JSON extraction rows (answers are JSON objects)")
     parser.add_argument("--processor", type=Path, default=None, help="lay transcription rows out as this processor")
     parser.add_argument("--lines", default="1,2", help="random_lines: min,max lines per page")
     parser.add_argument(

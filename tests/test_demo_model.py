@@ -116,7 +116,7 @@ def test_pipeline_loads_the_committed_checkpoint_in_a_fresh_process(engine):
 
 @pytest.mark.parametrize("name", ["configuration_deepsynth.py", "modeling_deepsynth.py", "processing_deepsynth.py",
                                   "generation_deepsynth.py", "infer_deepsynth.py", "rendering_deepsynth.py",
-                                  "pipeline_deepsynth.py"])
+                                  "pipeline_deepsynth.py", "structured_deepsynth.py"])
 def test_committed_checkpoint_carries_the_current_remote_code(name):
     """pipeline(model=DEMO, trust_remote_code=True) runs the checkpoint's copy: after editing the top-level file,
     copy it into checkpoints/deepsynth-demo (the weights do not change)."""

@@ -194,6 +194,10 @@ class DeepSynthPreTrainedModel(PreTrainedModel):
         pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pipeline_deepsynth.py")
         if getattr(self.config, "custom_pipelines", None) and os.path.isfile(pipeline_file):
             shutil.copy(pipeline_file, os.path.join(save_directory, "pipeline_deepsynth.py"))
+            # ...and the module it imports for schema-constrained generation (the remote-code loader needs it).
+            structured_file = os.path.join(os.path.dirname(pipeline_file), "structured_deepsynth.py")
+            if os.path.isfile(structured_file):
+                shutil.copy(structured_file, os.path.join(save_directory, "structured_deepsynth.py"))
         return result
 
 

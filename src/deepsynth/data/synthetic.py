@@ -22,18 +22,33 @@ language prior to fall back on, so the only way to lower the loss is to read the
 Gold answers: QA -> the value string exactly as printed in the document ("$45.2M",
 "March 3, 2024", "Acme Corp"); extraction -> the values in document order joined by
 "; " (amounts contain commas); summary -> one templated sentence built from the facts.
+
+JSON extraction (task "json_extraction", opt-in via `tasks=`): 2-4 of the document's facts as named fields
+(snake_case of their labels: "revenue", "revenue_growth", "cfo"); the instruction names them, the answer is the
+object {field: value as printed} in canonical JSON (`structured_deepsynth.canonical_json`, the text constrained
+decoding writes), and the row's `fields` lists the names (`schema_from_fields(row["fields"])` is its schema).
 """
 
+import json
 import random
 import re
+import sys
 import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from datasets import Dataset, DatasetDict
+
+try:  # a top-level remote-code module (setup.py py_modules)
+    from structured_deepsynth import canonical_json
+except ImportError:  # a source checkout run with only src/ on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    from structured_deepsynth import canonical_json
 
 DOC_KINDS = ("financial_report", "invoice", "meeting_notes", "product_spec", "hr_letter")
 TASKS = ("qa", "extraction", "summary")
 ALL_TASKS = TASKS + ("transcription",)
+JSON_TASKS = ("json_extraction",)  # opt-in too; kept out of ALL_TASKS so that datasets drawn with it stay the same
 TRANSCRIPTION_INSTRUCTIONS = (
     "Transcribe the document.", "Free OCR.", "Read out all the text on the page.", "Convert the document to text.",
 )
@@ -148,7 +163,20 @@ SUMMARY_TEMPLATES = {
         "Focus on {f} and summarize.", "Give me the gist regarding {f}.",
     ),
 }
-TEMPLATES = {"qa": QA_TEMPLATES, "extraction": EXTRACTION_TEMPLATES, "summary": SUMMARY_TEMPLATES}
+JSON_EXTRACTION_TEMPLATES = {
+    "train": (
+        "Extract {fields} as JSON.", "Return a JSON object with the fields {fields}.",
+        "Fill in these fields as JSON: {fields}.", "Give {fields} from the document as a JSON object.",
+        "Extract the following fields as JSON: {fields}.", "Answer in JSON with the keys {fields}.",
+        "Pull {fields} out of the document into JSON.", "Write a JSON object containing {fields}.",
+    ),
+    "heldout": (
+        "Output JSON holding {fields}.", "As a JSON object, what are {fields}?",
+        "Produce JSON with these keys: {fields}.", "Structure {fields} as a JSON record.",
+    ),
+}
+TEMPLATES = {"qa": QA_TEMPLATES, "extraction": EXTRACTION_TEMPLATES, "summary": SUMMARY_TEMPLATES,
+             "json_extraction": JSON_EXTRACTION_TEMPLATES}
 # Extraction targets: (plural noun used in the instruction, fact types collected).
 EXTRACTION_TARGETS = (
     ("dollar amounts", ("money",)),
@@ -436,6 +464,11 @@ def _in_text_order(values: list[str], text: str) -> list[str]:
     return sorted(dict.fromkeys(values), key=text.find)
 
 
+def field_name(label: str) -> str:
+    """A fact's label as a JSON field name: "Prior-year revenue" -> "prior_year_revenue"."""
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
 def _make_task(task: str, doc: Document, text: str, template_set: str, rng: random.Random) -> tuple[str, str, str]:
     """(instruction, answer, template_id) for one task on one rendered document."""
     if task == "transcription":
@@ -452,6 +485,11 @@ def _make_task(task: str, doc: Document, text: str, template_set: str, rng: rand
         targets = [(noun, [f.value for f in doc.facts if f.type in types]) for noun, types in EXTRACTION_TARGETS]
         noun, values = rng.choice([(noun, vals) for noun, vals in targets if len(vals) >= 2])
         return templates[index].format(what=noun), ANSWER_SEP.join(_in_text_order(values, text)), template_id
+    if task == "json_extraction":
+        facts = list({field_name(f.label): f for f in doc.facts}.items())  # one fact per field name
+        chosen = sorted(rng.sample(range(len(facts)), rng.randint(2, min(4, len(facts)))))  # document order
+        answer = {facts[i][0]: facts[i][1].value for i in chosen}
+        return templates[index].format(fields=", ".join(answer)), canonical_json(answer), template_id
     focus = rng.choice(sorted(doc.summaries))
     return templates[index].format(f=focus), doc.summaries[focus], template_id
 
@@ -464,8 +502,8 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     if invented_names and split not in INVENTED_NAMES_SPLITS:
         raise ValueError(f"invented_names applies to the {' and '.join(INVENTED_NAMES_SPLITS)} splits, not {split!r}")
-    if not tasks or any(t not in ALL_TASKS for t in tasks):
-        raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS}, got {tasks!r}")
+    if not tasks or any(t not in ALL_TASKS + JSON_TASKS for t in tasks):
+        raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS + JSON_TASKS}, got {tasks!r}")
     pools, template_set, layouts = _SPLIT_CONFIG[split]
     # A string seed is hashed with SHA-512 by `random`, so it is stable across runs and machines.
     rng = random.Random(f"deepsynth-synthetic:{seed}:{split}")
@@ -488,6 +526,8 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
             "layout": layout,
             "template_id": template_id,
         }
+        if task == "json_extraction":
+            row["fields"] = list(json.loads(answer))
         yield row, doc
 
 

@@ -7,6 +7,11 @@
 Rows are loaded with `deepsynth.data.loading.load_instruction_dataset` (a .jsonl/.json/.csv file, a folder, or a
 Hub dataset), answered greedily in batches (one padded generate() per batch, `InstructionEngine.generate_batch`),
 and scored with `deepsynth.evaluation.metrics.compute_metrics` (0-100 scale). Prints one JSON object.
+
+Rows whose gold answer is a JSON object (e.g. `make_synthetic_dataset.py --task json_extraction`) are also scored
+field by field (`json_field_scores`: json_field_precision / _recall / _f1, json_exact_match, per-field scores, over
+those rows). --constrain-json answers rows that have a `fields` list with schema-constrained decoding
+(`InstructionEngine.generate_json(fields=row["fields"])`, one request each) instead of free text.
 """
 
 import argparse
@@ -14,7 +19,7 @@ import json
 import sys
 
 from deepsynth.data.loading import load_instruction_dataset
-from deepsynth.evaluation.metrics import DEFAULT_METRICS, compute_metrics
+from deepsynth.evaluation.metrics import DEFAULT_METRICS, compute_metrics, is_json_object_text, json_field_scores
 from deepsynth.inference.engine import InstructionEngine
 from processing_deepsynth import row_document  # noqa: E402  (top-level remote-code module, on sys.path via the engine)
 
@@ -33,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=None, help="default greedy")
     parser.add_argument("--output", default=None, help="write one JSON line per row (prediction, answer, confidence)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--constrain-json", action="store_true",
+                        help="answer rows with a `fields` list by schema-constrained JSON decoding")
     return parser
 
 
@@ -52,7 +59,38 @@ def evaluate(engine: InstructionEngine, rows, metrics, batch_size: int = 8, max_
                             "answer": row["answer"], "confidence": result.confidence,
                             "tokens_generated": result.tokens_generated})
     scores = compute_metrics([r["prediction"] for r in records], [r["answer"] for r in records], metrics=metrics)
-    return scores, records
+    return {**scores, **json_scores(records)}, records
+
+
+def json_scores(records: list[dict]) -> dict:
+    """Field-level scores over the records whose gold answer is a JSON object (none: {})."""
+    structured = [r for r in records if is_json_object_text(r["answer"])]
+    if not structured:
+        return {}
+    scores = json_field_scores([r["prediction"] for r in structured], [r["answer"] for r in structured])
+    return {"json_samples": len(structured), **scores}
+
+
+def evaluate_constrained(engine: InstructionEngine, rows, metrics, batch_size: int = 8, max_length: int = 64,
+                         temperature=None):
+    """As `evaluate`, rows with a `fields` list answered by `generate_json` (constrained), the others as free text."""
+    rows = list(rows)
+    free = [i for i, r in enumerate(rows) if not r.get("fields")]
+    records = []
+    if free:
+        _, records = evaluate(engine, [rows[i] for i in free], metrics, batch_size, max_length, temperature)
+        for record in records:
+            record["index"] = free[record["index"]]
+    for i, row in enumerate(rows):
+        if row.get("fields"):
+            result = engine.generate_json(row_document(row), row["instruction"], max_length=max_length,
+                                          temperature=temperature, fields=row["fields"])
+            records.append({"index": i, "instruction": row["instruction"], "prediction": result.answer,
+                            "answer": row["answer"], "confidence": result.confidence,
+                            "tokens_generated": result.tokens_generated, "field_confidence": result.field_confidence})
+    records.sort(key=lambda r: r["index"])
+    scores = compute_metrics([r["prediction"] for r in records], [r["answer"] for r in records], metrics=metrics)
+    return {**scores, **json_scores(records)}, records
 
 
 def main(argv=None) -> int:
@@ -63,7 +101,11 @@ def main(argv=None) -> int:
     try:
         rows = load_instruction_dataset(args.dataset, split=args.split, source=args.source, max_samples=args.max_samples)
         engine = InstructionEngine(args.model, device=args.device)
-        scores, records = evaluate(engine, rows, args.metrics, args.batch_size, args.max_length, args.temperature)
+        if args.constrain_json:
+            scores, records = evaluate_constrained(engine, rows, args.metrics, args.batch_size, args.max_length,
+                                                   args.temperature)
+        else:
+            scores, records = evaluate(engine, rows, args.metrics, args.batch_size, args.max_length, args.temperature)
     except (FileNotFoundError, ValueError) as e:
         parser.exit(2, f"error: {e}\n")
     if args.output:

@@ -4,12 +4,14 @@ EM/F1 follow the official SQuAD v2.0 evaluation script exactly (normalisation,
 empty-answer handling, max over several gold answers). ROUGE comes from
 `rouge_score`; `rougeLsum` treats each line as a sentence (nltk's punkt data is
 not available offline, and our generated answers put one sentence per line).
+JSON extraction answers also get field-level precision / recall / exact match (`json_field_scores`).
 
 The same functions back the local `evaluate` module in `metrics/deepsynth_qa/`
 (`evaluate.load(METRIC_MODULE_PATH)`). That folder has no `__init__.py` on
 purpose: Python then imports this file for `deepsynth.evaluation.metrics`.
 """
 
+import json
 import re
 import string
 from collections import Counter
@@ -131,3 +133,75 @@ def levenshtein(a: str, b: str) -> int:
 def character_error_rate(preds: list[str], refs: list[str]) -> float:
     """Sum of edit distances over the sum of reference lengths (transcription CER on the eval set)."""
     return sum(levenshtein(p, r) for p, r in zip(preds, refs, strict=True)) / max(1, sum(len(r) for r in refs))
+
+
+# ---- JSON extraction ---------------------------------------------------------------------------------------------
+def _json_object(value, what: str, index: int) -> dict | None:
+    """A JSON object from a dict or its text; None for a prediction that is not one (a gold answer must be)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v is not None}  # null = the field is absent
+    if what == "reference":
+        raise ValueError(f"reference {index} is not a JSON object: {value!r:.80}")
+    return None
+
+
+def _same_value(prediction, gold) -> bool:
+    """Strings compare as the SQuAD script compares answers (normalised); other JSON values exactly."""
+    if isinstance(prediction, str) and isinstance(gold, str):
+        return normalize_answer(prediction) == normalize_answer(gold)
+    return prediction == gold
+
+
+def json_field_scores(predictions: Sequence, references: Sequence) -> dict[str, float]:
+    """Field-level scores of JSON extraction (0-100), a prediction/reference being a JSON object or its text.
+
+    A field is predicted / expected when its key holds a non-null value; it is correct when both hold the same
+    value (strings normalised as for exact_match). Returns json_parse_rate (predictions that are JSON objects),
+    json_exact_match (every field right, none extra), micro json_field_precision / _recall / _f1, and per field
+    name: json_field/<name>/precision, /recall and /exact_match (rows where either side has the field, right).
+    """
+    _check_lengths(predictions, references)
+    parsed = [_json_object(p, "prediction", i) for i, p in enumerate(predictions)]
+    golds = [_json_object(r, "reference", i) for i, r in enumerate(references)]
+    counts = {}  # name -> [correct, predicted, expected, seen]
+    exact = 0
+    for pred, gold in zip(parsed, golds):
+        pred = pred or {}
+        right = {k for k in gold if k in pred and _same_value(pred[k], gold[k])}
+        exact += right == set(gold) == set(pred)
+        for name in set(pred) | set(gold):
+            c = counts.setdefault(name, [0, 0, 0, 0])
+            c[0] += name in right
+            c[1] += name in pred
+            c[2] += name in gold
+            c[3] += 1
+    correct, predicted, expected = (sum(c[i] for c in counts.values()) for i in range(3))
+    precision, recall = correct / max(predicted, 1), correct / max(expected, 1)
+    scores = {
+        "json_parse_rate": 100.0 * sum(p is not None for p in parsed) / len(parsed),
+        "json_exact_match": 100.0 * exact / len(parsed),
+        "json_field_precision": 100.0 * precision,
+        "json_field_recall": 100.0 * recall,
+        "json_field_f1": 100.0 * (2 * precision * recall / (precision + recall) if correct else 0.0),
+    }
+    for name in sorted(counts):
+        right, pred_n, gold_n, seen = counts[name]
+        scores[f"json_field/{name}/precision"] = 100.0 * right / max(pred_n, 1)
+        scores[f"json_field/{name}/recall"] = 100.0 * right / max(gold_n, 1)
+        scores[f"json_field/{name}/exact_match"] = 100.0 * right / seen
+    return scores
+
+
+def is_json_object_text(value) -> bool:
+    """Whether a gold answer is a JSON object (a dict, or text that parses to one)."""
+    if isinstance(value, dict):
+        return True
+    try:
+        return isinstance(value, str) and value.lstrip().startswith("{") and isinstance(json.loads(value), dict)
+    except json.JSONDecodeError:
+        return False

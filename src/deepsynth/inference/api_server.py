@@ -9,6 +9,10 @@ Endpoints (OpenAPI schema at /openapi.json):
   POST /api/inference/upload          multipart: file (.txt .md .pdf .png .jpg .jpeg), instruction, max_length, temperature
   POST /api/inference/stream          JSON as /instruct -> server-sent events: `token` {text} ..., then `done` {result}
   POST /api/inference/upload/stream   multipart as /upload -> the same events
+  POST /api/inference/extract-json    JSON {document, instruction, schema | fields, max_length, temperature}
+                                      -> {answer, json, field_confidence, json_error, confidence, ...}: decoding
+                                      constrained to JSON valid under the schema (422 for an invalid schema)
+  POST /api/inference/upload/extract-json  multipart: file, instruction, schema (JSON text) | fields (a,b,c), ...
   POST /api/inference/pages           JSON {document} -> rendered pages as PNG data URLs (UI preview)
   POST /api/inference/pages/upload    multipart: file -> the same
   GET  /api/health                    status, model, limits, cache statistics (no API key needed)
@@ -33,7 +37,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -104,6 +108,20 @@ class InstructResponse(BaseModel):
     confidence: float = Field(description="Geometric mean of the answer tokens' probabilities, in (0, 1].")
     tokens_generated: int
     inference_time_ms: int
+
+
+class ExtractJsonResponse(InstructResponse):
+    json_: Any = Field(None, alias="json", description="The parsed object, valid under the schema (null: see json_error).")
+    field_confidence: dict[str, float | None] = Field(
+        description="Per top-level field: geometric mean probability of its value's tokens.")
+    json_error: str | None = Field(None, description="Why json is null: generation ran out of tokens first.")
+
+
+def _json_request_fields(data):
+    """Exactly one of `schema` / `fields` (pydantic `model_validator(mode="before")`)."""
+    if isinstance(data, dict) and ("schema" in data) == ("fields" in data):
+        raise ValueError("pass exactly one of 'schema' (a JSON Schema object) or 'fields' (a list of field names)")
+    return data
 
 
 class Page(BaseModel):
@@ -332,6 +350,40 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
     def preview_upload(file: UploadFile = File(...)):
         """The page images the model reads for an uploaded document."""
         return pages(upload_document(file))
+
+    class ExtractJsonRequest(InstructRequest):
+        schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON Schema (Draft 2020-12).")
+        fields: list[StrictStr] | None = Field(None, min_length=1, description="Field names: required strings.")
+
+        _one_of = model_validator(mode="before")(_json_request_fields)
+
+    def extract(document, instruction, schema, fields, max_length, temperature) -> dict:
+        with gate.slot(), client_errors():
+            if isinstance(document, str):
+                document = DocumentText(document)
+            result = engine.generate_json(document, instruction, schema, max_length, temperature, fields=fields)
+        return result.to_dict()
+
+    @api.post("/extract-json", response_model=ExtractJsonResponse, response_model_by_alias=True)
+    def extract_json(request: ExtractJsonRequest):
+        """Extract a JSON object from a text document: decoding can only write JSON valid under the schema."""
+        return extract(request.document, request.instruction, request.schema_, request.fields, request.max_length,
+                       request.temperature)
+
+    @api.post("/upload/extract-json", response_model=ExtractJsonResponse, response_model_by_alias=True)
+    def upload_extract_json(
+        file: UploadFile = File(...),
+        instruction: str = Form(..., min_length=1),
+        schema: str | None = Form(None, description="A JSON Schema as JSON text"),
+        fields: str | None = Form(None, description="Comma-separated field names"),
+        max_length: int = Form(256, ge=1, le=limit),
+        temperature: float | None = Form(None, ge=0, le=2),
+    ):
+        """As /extract-json, for an uploaded document."""
+        if (schema is None) == (fields is None):
+            raise HTTPException(422, "pass exactly one of 'schema' (JSON text) or 'fields' (comma-separated names)")
+        return extract(upload_document(file), _instruction(instruction), schema,
+                       None if fields is None else fields.split(","), max_length, temperature)
 
     app.include_router(api)
 

@@ -8,6 +8,11 @@
 --document is a file (.txt/.md, .pdf, .png/.jpg, ...) when such a file exists, otherwise the text itself.
 --json prints {answer, confidence, tokens_generated, inference_time_ms}; --stream prints the answer as it is written.
 Exit status 2 on bad input (missing file, empty instruction, ...).
+
+Structured extraction: --schema schema.json (a JSON Schema file, or its JSON text) or --fields revenue,growth
+constrains the answer to JSON of that schema and prints the object (one line); with --json, the whole result
+(answer, json, field_confidence, json_error, confidence, ...). Exit 2 for an invalid schema, 1 when generation ran
+out of tokens before the JSON ended (the raw text is printed, the reason goes to stderr).
 """
 
 import argparse
@@ -29,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stream", action="store_true", help="print the answer while it is generated")
     parser.add_argument("--json", action="store_true", help="print the answer with confidence and timing as JSON")
     parser.add_argument("--device", default="cpu")
+    structured = parser.add_mutually_exclusive_group()
+    structured.add_argument("--schema", default=None, help="a JSON Schema file (or JSON text): answer JSON of it")
+    structured.add_argument("--fields", default=None, help="comma-separated field names: answer a JSON object of them")
     parser.add_argument("--no-text-encoder", dest="use_text_encoder", action="store_false",
                         help="only for checkpoints trained without an instruction encoder")
     guard = parser.add_argument_group("repetition guard", "ban n-grams that repeat inside a recent window (loops)")
@@ -50,6 +58,8 @@ def guard_kwargs(args) -> dict:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.schema is not None or args.fields is not None:
+        return extract_json(parser, args)
     try:
         extra = guard_kwargs(args)
         engine = InstructionEngine(args.model, use_text_encoder=args.use_text_encoder, device=args.device, cache_size=0)
@@ -68,6 +78,42 @@ def main(argv=None) -> int:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     elif not args.stream:
         print(result.answer)
+    return 0
+
+
+def read_schema(value: str):
+    """--schema: JSON text when it looks like an object, otherwise a file holding it."""
+    if value.lstrip().startswith("{"):
+        return value
+    with open(value, encoding="utf-8") as f:
+        return f.read()
+
+
+def extract_json(parser, args) -> int:
+    """--schema / --fields: one schema-constrained answer (`InstructionEngine.generate_json`)."""
+    # top-level remote-code module, on sys.path via the engine
+    from structured_deepsynth import canonical_json, check_schema, schema_from_fields
+
+    if args.stream:
+        parser.exit(2, "error: --stream does not apply to --schema / --fields (the object is printed whole)\n")
+    try:
+        schema = read_schema(args.schema) if args.schema is not None else None
+        fields = args.fields.split(",") if args.fields is not None else None
+        check_schema(schema) if schema is not None else schema_from_fields(fields)  # before the model loads
+        engine = InstructionEngine(args.model, use_text_encoder=args.use_text_encoder, device=args.device, cache_size=0)
+        result = engine.generate_json(args.document, args.instruction, schema, args.max_length, args.temperature,
+                                      fields=fields)
+    except (OSError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    elif result.json_error is None:
+        print(canonical_json(result.json))
+    else:
+        print(result.answer)
+    if result.json_error is not None:
+        print(f"error: {result.json_error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,6 +8,7 @@ const TEMPLATES = {
   qa: { text: "What are the key findings?", temperature: 0.3 },
   summary: { text: "Summarize focusing only on revenue trends", temperature: 0.7 },
   extraction: { text: "Extract all revenue numbers and growth rates", temperature: 0 },
+  json: { text: "Extract these fields from the document as JSON.", temperature: 0 },
 };
 
 // ---- tabs -------------------------------------------------------------------------------------------------------
@@ -28,6 +29,7 @@ document.querySelectorAll('input[name="source"]').forEach((radio) => {
 });
 
 $("template").addEventListener("change", () => {
+  $("json-box").hidden = $("template").value !== "json";
   const template = TEMPLATES[$("template").value];
   if (template) {
     $("instruction").value = template.text;
@@ -169,7 +171,76 @@ async function previewPages() {
   }
 }
 
-$("generate").addEventListener("click", generate);
+// ---- Extract to JSON: POST /api/inference/extract-json (or upload/extract-json), one constrained answer -----------
+function jsonFields() {
+  const fields = $("json-fields").value.split(",").map((f) => f.trim()).filter((f) => f);
+  if (!fields.length) throw new Error("List the fields to extract, separated by commas.");
+  return fields;
+}
+
+function buildJsonRequest() {
+  const fields = jsonFields();
+  if (source() === "file") {
+    const file = $("document-file").files[0];
+    if (!file) throw new Error("Choose a file to upload.");
+    const form = new FormData();
+    form.append("file", file);
+    form.append("instruction", $("instruction").value);
+    form.append("fields", fields.join(","));
+    form.append("max_length", $("max-length").value);
+    form.append("temperature", $("temperature").value);
+    return { url: "/api/inference/upload/extract-json", init: { method: "POST", body: form, headers: headers() } };
+  }
+  const text = $("document-text").value;
+  if (!text.trim()) throw new Error("Paste a document first.");
+  const body = { document: text, instruction: $("instruction").value, fields,
+                 max_length: parseInt($("max-length").value, 10), temperature: parseFloat($("temperature").value) };
+  return { url: "/api/inference/extract-json",
+           init: { method: "POST", body: JSON.stringify(body), headers: headers({ "Content-Type": "application/json" }) } };
+}
+
+function showFields(result) {
+  const body = $("json-fields-table").querySelector("tbody");
+  body.textContent = "";
+  for (const [name, value] of Object.entries(result.json || {})) {
+    const row = body.insertRow();
+    row.insertCell().textContent = name;
+    row.insertCell().textContent = typeof value === "string" ? value : JSON.stringify(value);
+    const confidence = result.field_confidence[name];
+    row.insertCell().textContent = confidence == null ? "–" : confidence.toFixed(3);
+  }
+  $("json-fields-table").hidden = result.json === null;
+}
+
+async function extractJson() {
+  showError("");
+  $("json-fields-table").hidden = true;
+  if (!$("instruction").value.trim()) return showError("Enter a question or instruction.");
+  let request;
+  try {
+    request = buildJsonRequest();
+  } catch (e) {
+    return showError(e.message);
+  }
+  $("generate").disabled = true;
+  $("answer").textContent = "";
+  previewPages();
+  try {
+    const response = await fetch(request.url, request.init);
+    if (!response.ok) throw new Error(await errorMessage(response));
+    const result = await response.json();
+    $("answer").textContent = result.json === null ? result.answer : JSON.stringify(result.json, null, 2);
+    if (result.json_error) showError(result.json_error);
+    showResult(result);
+    showFields(result);
+  } catch (e) {
+    showError(e.message);
+  } finally {
+    $("generate").disabled = false;
+  }
+}
+
+$("generate").addEventListener("click", () => ($("template").value === "json" ? extractJson() : generate()));
 $("preview").addEventListener("click", () => { showError(""); previewPages(); });
 
 // ---- header and API tab ----------------------------------------------------------------------------------------
