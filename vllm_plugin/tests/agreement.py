@@ -65,4 +65,6 @@ def mismatches(case: dict, output) -> list[str]:
 
 def case_name(case: dict) -> str:
     instr = case["instruction"]
+    if case.get("text"):
+        return f"text-instr{len(instr)}"
     return f"{len(case['pages'])}page-" + ("noinstr" if instr is None else f"instr{len(instr)}")

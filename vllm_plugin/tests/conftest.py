@@ -29,6 +29,11 @@ def load_reference(fusion: str) -> dict:
     ref = json.loads((reference_dir(fusion) / "reference.json").read_text())
     for case in ref["cases"]:
         case["images"] = [Image.open(reference_dir(fusion) / "pages" / n).convert("RGB") for n in case["pages"]]
+        if case.get("text"):  # pages rendered by the checkpoint's own processor file (deepsynth_vllm.offline)
+            from deepsynth_vllm.offline import checkpoint_image_processor
+
+            case["images"] = checkpoint_image_processor(str(reference_dir(fusion) / "checkpoint")).load_pages(
+                case["text"])
     return ref
 
 

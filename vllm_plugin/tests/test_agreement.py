@@ -1,5 +1,6 @@
 """vLLM with the plugin vs our Hugging Face implementation on the same checkpoint: same prompt ids, same greedy ids,
-logprobs within agreement.LOGPROB_ATOL, on 1- and 2-page image documents with and without an instruction."""
+logprobs within agreement.LOGPROB_ATOL, on 1- and 2-page image documents with and without an instruction, and on a
+text document (rendered by the checkpoint's processor file)."""
 
 import pytest
 from agreement import case_name, max_logprob_diff, mismatches, prompt_of, sampling_params
@@ -21,15 +22,32 @@ def test_agrees_with_hf_reference(setup):
     report = {case_name(c): mismatches(c, o) for c, o in zip(ref["cases"], outputs)}
     worst = max(max_logprob_diff(c, o) for c, o in zip(ref["cases"], outputs))
     print(f"fusion={ref['fusion']}: {len(report)} cases, max |logprob diff| {worst:.2e}")
-    assert len(report) == 5 and {k.rstrip("0123456789") for k in report} == {
-        "1page-noinstr", "1page-instr", "2page-noinstr", "2page-instr"}
+    assert len(report) == 6 and {k.rstrip("0123456789") for k in report} == {
+        "1page-noinstr", "1page-instr", "2page-noinstr", "2page-instr", "text-instr"}
     assert not any(report.values()), report
 
 
 def test_instruction_changes_the_answer(setup):
     """The splice is live: same pages, different instructions, different greedy ids (also in the reference)."""
     llm, ref = setup
-    one_page = [c for c in ref["cases"] if len(c["pages"]) == 1]
+    one_page = [c for c in ref["cases"] if len(c["pages"]) == 1]  # no instruction and two instructions
     outputs = llm.generate([prompt_of(c) for c in one_page], sampling_params(ref))
     answers = [tuple(o.outputs[0].token_ids) for o in outputs]
     assert len(set(answers)) == len(one_page) == 3, answers
+
+
+def test_offline_helper(setup):
+    """deepsynth_vllm.offline.generate on {"document", "instruction"} requests: a text document and an image."""
+    from deepsynth_vllm.offline import generate
+
+    llm, ref = setup
+    text_case = next(c for c in ref["cases"] if c.get("text"))
+    image_case = next(c for c in ref["cases"] if len(c["pages"]) == 2 and c["instruction"])
+    requests = [{"document": text_case["text"], "instruction": text_case["instruction"]},
+                {"document": image_case["images"], "instruction": image_case["instruction"]}]
+    outputs = generate(llm, requests, sampling_params(ref))
+    assert [mismatches(c, o) for c, o in zip((text_case, image_case), outputs)] == [[], []]
+    with pytest.raises(ValueError, match="instruction must be a non-empty string"):
+        generate(llm, [{"document": text_case["text"], "instruction": "  "}])
+    with pytest.raises(ValueError, match="unknown request keys"):
+        generate(llm, [{"document": text_case["text"], "question": "x"}])

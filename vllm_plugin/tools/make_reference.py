@@ -5,7 +5,8 @@ greedy outputs on it as the reference the vLLM plugin's tests check. Runs in the
     python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none]
 
 OUTDIR/checkpoint: the checkpoint (decoder head size 32: vLLM's CPU attention needs 32..512).
-OUTDIR/pages/*.png: the page images of the cases. OUTDIR/reference.json: per case the page files, the instruction
+OUTDIR/pages/*.png: the page images of the cases. OUTDIR/reference.json: per case the page files (or the text
+document, rendered by our processor here and by the checkpoint's processor file on the vLLM side), the instruction
 (or none), the prompt ids our processor builds, the greedy ids and each chosen token's logprob and top-5 logprobs.
 """
 
@@ -32,6 +33,7 @@ from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor  # 
 MAX_NEW_TOKENS = 8
 TOP_LOGPROBS = 5
 INSTRUCTIONS = ("What is the total revenue?", "Summarize the page in one sentence.")
+TEXT_DOCUMENT = "Q3 2024 Financial Report: revenue was $45M, up 15% year over year. Operating costs were $12M."
 
 
 def text_config(vocab_size: int) -> dict:
@@ -137,6 +139,10 @@ def main(argv=None):
             result = greedy(model, model_inputs(processor, vision, instruction))
             cases.append({"pages": page_names, "instruction": instruction, **result})
             print(f"{len(page_names)} page(s), instruction={instruction!r}: {result['greedy_ids']}")
+    vision = processor.image_processor.preprocess(TEXT_DOCUMENT)  # rendered by our processor
+    result = greedy(model, model_inputs(processor, vision, INSTRUCTIONS[0]))
+    cases.append({"pages": [], "text": TEXT_DOCUMENT, "instruction": INSTRUCTIONS[0], **result})
+    print(f"text document, instruction={INSTRUCTIONS[0]!r}: {result['greedy_ids']}")
     ref = {"fusion": args.fusion, "max_new_tokens": MAX_NEW_TOKENS, "cases": cases}
     (args.out_dir / "reference.json").write_text(json.dumps(ref))
     print(f"wrote {args.out_dir}: {len(cases)} cases")
