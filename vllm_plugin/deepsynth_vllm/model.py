@@ -140,5 +140,10 @@ class DeepSynthForConditionalGeneration(DeepseekOCRForCausalLM):
             return [self._instruction_rows(i, m) for i, m in zip(ids, masks)]
         return super().embed_multimodal(**kwargs)
 
+    def get_encoder_cudagraph_config(self):
+        # The parent's encoder CUDA-graph paths (opt-in: compilation_config.cudagraph_mm_encoder) hard-code gundam
+        # mode's 1024/640 views and know no instruction modality.
+        raise ValueError("DeepSynth on vLLM does not support cudagraph_mm_encoder; leave it off (the default)")
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return super().load_weights(to_original_layout(weights))

@@ -38,7 +38,9 @@ def load_reference(fusion: str) -> dict:
 
 
 def engine_args(fusion: str) -> dict:
-    return dict(
+    from vllm.model_executor.models.deepseek_ocr import NGramPerReqLogitsProcessor  # idle unless a request asks
+
+    return dict(logits_processors=[NGramPerReqLogitsProcessor],
         model=str(reference_dir(fusion) / "checkpoint"), dtype="float32", max_model_len=MAX_MODEL_LEN,
         enforce_eager=True, limit_mm_per_prompt={"image": 2}, max_num_seqs=8, kv_cache_memory_bytes=256 << 20, seed=0,
     )

@@ -51,3 +51,20 @@ def test_offline_helper(setup):
         generate(llm, [{"document": text_case["text"], "instruction": "  "}])
     with pytest.raises(ValueError, match="unknown request keys"):
         generate(llm, [{"document": text_case["text"], "question": "x"}])
+
+
+def test_repetition_guard(setup):
+    """vLLM's DeepSeek-OCR no-repeat n-gram processor on DeepSynth: with ngram_size=2 no bigram repeats; the answer
+    follows the reference up to its first repeated bigram and leaves it there."""
+    from vllm import SamplingParams
+
+    llm, ref = setup
+    case = next(c for c in ref["cases"] if c["instruction"] and len(c["pages"]) == 1)
+    want = case["greedy_ids"]
+    first_repeat = next(i for i in range(2, len(want)) if (want[i - 1], want[i]) in set(zip(want[:i - 1], want[1:i])))
+    params = SamplingParams(temperature=0, max_tokens=len(want), ignore_eos=True,
+                            extra_args={"ngram_size": 2, "window_size": 100})
+    got = list(llm.generate([prompt_of(case)], params)[0].outputs[0].token_ids)
+    bigrams = list(zip(got, got[1:]))
+    assert len(set(bigrams)) == len(bigrams), got
+    assert got[:first_repeat] == want[:first_repeat] and got[first_repeat] != want[first_repeat], (got, want)
