@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+PYTEST_ARGS=("$@")
 VENV=${DEEPSYNTH_VLLM_VENV:-$ROOT/.venv-vllm}
 WORK=${DEEPSYNTH_VLLM_WORK:-$ROOT/tmp/vllm-check}
 MAIN_PY=${DEEPSYNTH_PYTHON:-$ROOT/.venv/bin/python}
@@ -33,11 +34,14 @@ EOF
 
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=nobind
 mkdir -p "$WORK"
-for fusion in tokens pooled; do
-  if [ ! -f "$WORK/$fusion/reference.json" ] || [ vllm_plugin/tools/make_reference.py -nt "$WORK/$fusion/reference.json" ]; then
-    PYTHONPATH="$ROOT:$ROOT/src" "$MAIN_PY" vllm_plugin/tools/make_reference.py "$WORK/$fusion" --fusion $fusion >/dev/null
+# reference folders (vllm_plugin/tests): name, then make_reference.py's arguments
+for variant in "tokens --fusion tokens" "pooled --fusion pooled" "qwen3 --fusion tokens --encoder qwen3"; do
+  set -- $variant
+  name=$1; shift
+  if [ ! -f "$WORK/$name/reference.json" ] || [ vllm_plugin/tools/make_reference.py -nt "$WORK/$name/reference.json" ]; then
+    PYTHONPATH="$ROOT:$ROOT/src" "$MAIN_PY" vllm_plugin/tools/make_reference.py "$WORK/$name" "$@" >/dev/null
   fi
 done
 export DEEPSYNTH_VLLM_REFERENCE=$WORK
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider vllm_plugin/tests "$@" 2>&1 | tee "$WORK/pytest.log" | tail -n 40
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider vllm_plugin/tests "${PYTEST_ARGS[@]}" 2>&1 | tee "$WORK/pytest.log" | tail -n 40
 exit "${PIPESTATUS[0]}"

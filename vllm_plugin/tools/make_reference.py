@@ -2,7 +2,7 @@
 greedy outputs on it as the reference the vLLM plugin's tests check. Runs in the project's own environment
 (transformers 5.24, our remote code); the plugin's tests run in the vLLM environment and only read the files.
 
-    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none]
+    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen3]
 
 OUTDIR/checkpoint: the checkpoint (decoder head size 32: vLLM's CPU attention needs 32..512).
 OUTDIR/pages/*.png: the page images of the cases. OUTDIR/reference.json: per case the page files (or the text
@@ -46,7 +46,19 @@ def text_config(vocab_size: int) -> dict:
     }
 
 
-def build_checkpoint(out_dir: Path, fusion: str, seed: int = 0):
+def tiny_qwen3_config(vocab_size: int = 30522) -> dict:
+    """A causal decoder as the instruction encoder (the guide's Qwen option), read by the same MiniLM tokenizer."""
+    return {
+        "model_type": "qwen3", "vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+        "max_position_embeddings": 256,
+    }
+
+
+ENCODERS = {"bert": tiny_bert_config, "qwen3": tiny_qwen3_config}
+
+
+def build_checkpoint(out_dir: Path, fusion: str, seed: int = 0, encoder: str = "bert"):
     tokenizer = build_decoder_tokenizer(vocab_size=512)
     instruction_tokenizer = None if fusion == "none" else minilm_tokenizer()
     image_processor = DeepSynthImageProcessor(
@@ -57,7 +69,7 @@ def build_checkpoint(out_dir: Path, fusion: str, seed: int = 0):
     config = DeepSynthConfig(
         vision_config=tiny_vision_config(),
         text_config=text_config(len(tokenizer)),
-        instruction_encoder_config=None if fusion == "none" else tiny_bert_config(),
+        instruction_encoder_config=None if fusion == "none" else ENCODERS[encoder](),
         instruction_fusion=fusion,
         image_token_id=processor.image_token_id,
         instruction_token_id=processor.instruction_token_id or 4,
@@ -127,9 +139,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--fusion", default="tokens", choices=["tokens", "pooled", "none"])
+    parser.add_argument("--encoder", default="bert", choices=sorted(ENCODERS))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    model, processor = build_checkpoint(args.out_dir / "checkpoint", args.fusion)
+    model, processor = build_checkpoint(args.out_dir / "checkpoint", args.fusion, encoder=args.encoder)
     pages = make_pages(args.out_dir / "pages")
     cases = []
     for page_names in (pages[:1], pages):
@@ -143,7 +156,7 @@ def main(argv=None):
     result = greedy(model, model_inputs(processor, vision, INSTRUCTIONS[0]))
     cases.append({"pages": [], "text": TEXT_DOCUMENT, "instruction": INSTRUCTIONS[0], **result})
     print(f"text document, instruction={INSTRUCTIONS[0]!r}: {result['greedy_ids']}")
-    ref = {"fusion": args.fusion, "max_new_tokens": MAX_NEW_TOKENS, "cases": cases}
+    ref = {"fusion": args.fusion, "encoder": args.encoder, "max_new_tokens": MAX_NEW_TOKENS, "cases": cases}
     (args.out_dir / "reference.json").write_text(json.dumps(ref))
     print(f"wrote {args.out_dir}: {len(cases)} cases")
 
