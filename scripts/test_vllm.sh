@@ -35,7 +35,8 @@ EOF
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 VLLM_CPU_OMP_THREADS_BIND=nobind
 mkdir -p "$WORK"
 # reference folders (vllm_plugin/tests): name, then make_reference.py's arguments
-for variant in "tokens --fusion tokens" "pooled --fusion pooled" "qwen3 --fusion tokens --encoder qwen3"; do
+for variant in "tokens --fusion tokens" "pooled --fusion pooled" "qwen3 --fusion tokens --encoder qwen3" \
+    "crop --fusion tokens --crop"; do
   set -- $variant
   name=$1; shift
   if [ ! -f "$WORK/$name/reference.json" ] || [ vllm_plugin/tools/make_reference.py -nt "$WORK/$name/reference.json" ]; then

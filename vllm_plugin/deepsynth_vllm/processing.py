@@ -183,7 +183,8 @@ class DeepSynthProcessingInfo(DeepseekOCRProcessingInfo):
         return self.page_processor
 
     def get_data_parser(self):
-        return DeepSynthDataParser(expected_hidden_size=self._get_expected_hidden_size())
+        return DeepSynthDataParser(expected_hidden_size=self._get_expected_hidden_size(),
+                                   allow_missing_mm_embeddings=self.allow_missing_mm_embeddings)
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         limits = {"image": None}

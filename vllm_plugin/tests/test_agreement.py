@@ -6,8 +6,9 @@ import pytest
 from agreement import case_name, max_logprob_diff, mismatches, prompt_of, sampling_params
 from conftest import load_reference, make_llm, release
 
-# reference folders: BERT encoder with tokens / pooled fusion, a Qwen3 encoder with tokens fusion
-VARIANTS = ("tokens", "pooled", "qwen3")
+# reference folders: BERT encoder with tokens / pooled fusion, a Qwen3 encoder with tokens fusion, crop mode
+# (128-px global view + 64-px local tiles)
+VARIANTS = ("tokens", "pooled", "qwen3", "crop")
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -22,7 +23,7 @@ def test_agrees_with_hf_reference(setup):
     outputs = llm.generate([prompt_of(c) for c in ref["cases"]], sampling_params(ref))
     report = {case_name(c): mismatches(c, o) for c, o in zip(ref["cases"], outputs)}
     worst = max(max_logprob_diff(c, o) for c, o in zip(ref["cases"], outputs))
-    print(f"fusion={ref['fusion']} encoder={ref['encoder']}: {len(report)} cases, max |logprob diff| {worst:.2e}")
+    print(f"fusion={ref['fusion']} encoder={ref['encoder']} crop={ref['crop']}: {len(report)} cases, max |logprob diff| {worst:.2e}")
     assert len(report) == 6 and {k.rstrip("0123456789") for k in report} == {
         "1page-noinstr", "1page-instr", "2page-noinstr", "2page-instr", "text-instr"}
     assert not any(report.values()), report

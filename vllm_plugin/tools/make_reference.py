@@ -2,7 +2,7 @@
 greedy outputs on it as the reference the vLLM plugin's tests check. Runs in the project's own environment
 (transformers 5.24, our remote code); the plugin's tests run in the vLLM environment and only read the files.
 
-    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen3]
+    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen3] [--crop]
 
 OUTDIR/checkpoint: the checkpoint (decoder head size 32: vLLM's CPU attention needs 32..512).
 OUTDIR/pages/*.png: the page images of the cases. OUTDIR/reference.json: per case the page files (or the text
@@ -58,11 +58,12 @@ def tiny_qwen3_config(vocab_size: int = 30522) -> dict:
 ENCODERS = {"bert": tiny_bert_config, "qwen3": tiny_qwen3_config}
 
 
-def build_checkpoint(out_dir: Path, fusion: str, seed: int = 0, encoder: str = "bert"):
+def build_checkpoint(out_dir: Path, fusion: str, seed: int = 0, encoder: str = "bert", crop: bool = False):
     tokenizer = build_decoder_tokenizer(vocab_size=512)
     instruction_tokenizer = None if fusion == "none" else minilm_tokenizer()
+    # crop: gundam-like mode at tiny sizes, a 128-px global view plus 64-px local tiles (2..9 of them)
     image_processor = DeepSynthImageProcessor(
-        base_size=TINY_VIEW, image_size=TINY_VIEW, crop_mode=False,
+        base_size=TINY_VIEW, image_size=TINY_VIEW // 2 if crop else TINY_VIEW, crop_mode=crop,
         page_width=256, page_height=256, margin=12, font_size=14, max_pages=4,
     )
     processor = DeepSynthProcessor(image_processor, tokenizer, instruction_tokenizer, instruction_fusion=fusion)
@@ -112,8 +113,9 @@ def model_inputs(processor, vision, instruction) -> dict:
         return processor.collate([processor.encode_example(None, instruction, vision=vision)])
     ids = [processor.tokenizer.bos_token_id] + [processor.image_token_id] * int(vision["num_image_tokens"].sum())
     ids += processor._text_ids("\n" + processor.answer_separator)
-    return {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
-            "pixel_values": vision["pixel_values"], "images_spatial_crop": vision["images_spatial_crop"]}
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    batch.update({k: vision[k] for k in ("pixel_values", "pixel_values_local", "images_spatial_crop") if k in vision})
+    return batch
 
 
 @torch.no_grad()
@@ -140,9 +142,10 @@ def main(argv=None):
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--fusion", default="tokens", choices=["tokens", "pooled", "none"])
     parser.add_argument("--encoder", default="bert", choices=sorted(ENCODERS))
+    parser.add_argument("--crop", action="store_true", help="crop (gundam-like) mode: global view + local tiles")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    model, processor = build_checkpoint(args.out_dir / "checkpoint", args.fusion, encoder=args.encoder)
+    model, processor = build_checkpoint(args.out_dir / "checkpoint", args.fusion, encoder=args.encoder, crop=args.crop)
     pages = make_pages(args.out_dir / "pages")
     cases = []
     for page_names in (pages[:1], pages):
@@ -156,7 +159,7 @@ def main(argv=None):
     result = greedy(model, model_inputs(processor, vision, INSTRUCTIONS[0]))
     cases.append({"pages": [], "text": TEXT_DOCUMENT, "instruction": INSTRUCTIONS[0], **result})
     print(f"text document, instruction={INSTRUCTIONS[0]!r}: {result['greedy_ids']}")
-    ref = {"fusion": args.fusion, "encoder": args.encoder, "max_new_tokens": MAX_NEW_TOKENS, "cases": cases}
+    ref = {"fusion": args.fusion, "encoder": args.encoder, "crop": args.crop, "max_new_tokens": MAX_NEW_TOKENS, "cases": cases}
     (args.out_dir / "reference.json").write_text(json.dumps(ref))
     print(f"wrote {args.out_dir}: {len(cases)} cases")
 
