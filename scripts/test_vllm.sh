@@ -6,7 +6,7 @@
 #   bash scripts/test_vllm.sh [pytest args]
 #
 # Needs: the project environment (.venv, scripts/setup_env.sh), ~3.5 GB of disk, PyPI (install only; nothing is
-# downloaded at run time). Takes ~2 min to install once, then a few minutes for the tests on one CPU core.
+# downloaded at run time). The install takes 2-17 min once (the shared machine's load), the tests ~4 min on one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
