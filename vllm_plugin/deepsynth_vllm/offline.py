@@ -1,0 +1,73 @@
+"""Offline use: `{"document": ..., "instruction": ...}` requests -> vLLM prompts -> `LLM.generate`.
+
+    from vllm import LLM, SamplingParams
+    from deepsynth_vllm.offline import generate
+    llm = LLM(model="path/to/deepsynth-checkpoint")
+    outputs = generate(llm, [{"document": "Q3 revenue was $45M.", "instruction": "What was the revenue?"}])
+
+A document is anything the checkpoint's own processor takes (text, a path to a .txt/.md/image/.pdf file, image or
+PDF bytes, a PIL image, or a list of those, one per page). Pages are made by the checkpoint's processing_deepsynth.py
+(text rendered with its font, PDFs rasterised), loaded here with a stand-in for configuration_deepsynth: that module
+needs transformers 5.24, and the processor only takes three pure functions from it (given below, the same maths).
+"""
+
+import importlib.util
+import math
+import os
+import sys
+import types
+from functools import lru_cache
+
+from .processing import FUSION_MODES, num_image_tokens
+
+
+def _configuration_stand_in() -> types.ModuleType:
+    module = types.ModuleType("configuration_deepsynth")
+    module.FUSION_MODES = FUSION_MODES
+    module.num_image_tokens = lambda base, image, w=1, h=1, patch=16, ratio=4: num_image_tokens(
+        base, image, w, h, patch, ratio)
+    module.vision_grid_size = lambda view, patch=16, ratio=4: math.ceil((view // patch) / ratio)
+    return module
+
+
+@lru_cache(maxsize=8)
+def checkpoint_image_processor(model_dir: str):
+    """The checkpoint's DeepSynthImageProcessor, from its own processing_deepsynth.py."""
+    path = os.path.join(model_dir, "processing_deepsynth.py")
+    if not os.path.isfile(path):
+        raise ValueError(f"{model_dir} has no processing_deepsynth.py: pass the pages as images instead")
+    saved = sys.modules.get("configuration_deepsynth")
+    sys.modules["configuration_deepsynth"] = _configuration_stand_in()
+    try:
+        spec = importlib.util.spec_from_file_location("deepsynth_checkpoint_processing", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            sys.modules.pop("configuration_deepsynth", None)
+        else:
+            sys.modules["configuration_deepsynth"] = saved
+    return module.DeepSynthImageProcessor.from_pretrained(model_dir)
+
+
+def to_prompt(model_dir: str, request: dict) -> dict:
+    """One `{"document", "instruction"}` request (instruction optional) -> a vLLM prompt dict."""
+    if not isinstance(request, dict) or "document" not in request:
+        raise ValueError(f"a request is a dict with a 'document' (and an optional 'instruction'), got {request!r}")
+    unknown = set(request) - {"document", "instruction"}
+    if unknown:
+        raise ValueError(f"unknown request keys {sorted(unknown)}: expected 'document' and 'instruction'")
+    pages = checkpoint_image_processor(model_dir).load_pages(request["document"])
+    mm = {"image": pages}
+    instruction = request.get("instruction")
+    if instruction is not None:
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string or None, got {instruction!r}")
+        mm["instruction"] = instruction
+    return {"prompt": "", "multi_modal_data": mm}
+
+
+def generate(llm, requests: list[dict], sampling_params=None, **kwargs):
+    """`LLM.generate` on DeepSynth requests; returns vLLM's RequestOutputs in request order."""
+    model_dir = llm.llm_engine.model_config.model
+    return llm.generate([to_prompt(model_dir, r) for r in requests], sampling_params, **kwargs)

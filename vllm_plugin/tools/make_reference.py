@@ -1,0 +1,168 @@
+"""Build a small DeepSynth checkpoint that vLLM's CPU kernels accept, and write our Hugging Face implementation's
+greedy outputs on it as the reference the vLLM plugin's tests check. Runs in the project's own environment
+(transformers 5.24, our remote code); the plugin's tests run in the vLLM environment and only read the files.
+
+    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen3] [--crop]
+
+OUTDIR/checkpoint: the checkpoint (decoder head size 32: vLLM's CPU attention needs 32..512).
+OUTDIR/pages/*.png: the page images of the cases. OUTDIR/reference.json: per case the page files (or the text
+document, rendered by our processor here and by the checkpoint's processor file on the vLLM side), the instruction
+(or none), the prompt ids our processor builds, the greedy ids and each chosen token's logprob and top-5 logprobs.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT, ROOT / "src", ROOT / "scripts"):
+    sys.path.insert(0, str(path))
+
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from configuration_deepsynth import DeepSynthConfig  # noqa: E402
+from deepsynth.tiny import tiny_bert_config, tiny_vision_config  # noqa: E402
+from deepsynth.tokenization import build_decoder_tokenizer  # noqa: E402
+from make_tiny_checkpoint import TINY_VIEW, minilm_tokenizer  # noqa: E402
+from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
+from pipeline_deepsynth import save_with_pipeline  # noqa: E402
+from processing_deepsynth import DeepSynthImageProcessor, DeepSynthProcessor  # noqa: E402
+
+MAX_NEW_TOKENS = 8
+TOP_LOGPROBS = 5
+INSTRUCTIONS = ("What is the total revenue?", "Summarize the page in one sentence.")
+TEXT_DOCUMENT = "Q3 2024 Financial Report: revenue was $45M, up 15% year over year. Operating costs were $12M."
+
+
+def text_config(vocab_size: int) -> dict:
+    """Hidden 128 / 4 heads = head size 32 (the smallest vLLM's CPU attention takes); layer 0 dense, 1 MoE."""
+    return {
+        "vocab_size": vocab_size, "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 32,
+        "n_routed_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2,
+        "mlp_layer_types": ["dense", "sparse"], "max_position_embeddings": 2048,
+    }
+
+
+def tiny_qwen3_config(vocab_size: int = 30522) -> dict:
+    """A causal decoder as the instruction encoder (the guide's Qwen option), read by the same MiniLM tokenizer."""
+    return {
+        "model_type": "qwen3", "vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 64,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+        "max_position_embeddings": 256,
+    }
+
+
+ENCODERS = {"bert": tiny_bert_config, "qwen3": tiny_qwen3_config}
+
+
+def build_checkpoint(out_dir: Path, fusion: str, seed: int = 0, encoder: str = "bert", crop: bool = False):
+    tokenizer = build_decoder_tokenizer(vocab_size=512)
+    instruction_tokenizer = None if fusion == "none" else minilm_tokenizer()
+    # crop: gundam-like mode at tiny sizes, a 128-px global view plus 64-px local tiles (2..9 of them)
+    image_processor = DeepSynthImageProcessor(
+        base_size=TINY_VIEW, image_size=TINY_VIEW // 2 if crop else TINY_VIEW, crop_mode=crop,
+        page_width=256, page_height=256, margin=12, font_size=14, max_pages=4,
+    )
+    processor = DeepSynthProcessor(image_processor, tokenizer, instruction_tokenizer, instruction_fusion=fusion)
+    config = DeepSynthConfig(
+        vision_config=tiny_vision_config(),
+        text_config=text_config(len(tokenizer)),
+        instruction_encoder_config=None if fusion == "none" else ENCODERS[encoder](),
+        instruction_fusion=fusion,
+        image_token_id=processor.image_token_id,
+        instruction_token_id=processor.instruction_token_id or 4,
+        max_instruction_length=processor.max_instruction_length,
+        num_pooled_instruction_tokens=processor.num_pooled_instruction_tokens,
+    )
+    torch.manual_seed(seed)
+    model = DeepSynthForConditionalGeneration(config).eval()
+    with torch.no_grad():  # answers that depend on the pages and the instruction (as tests/_serving_helpers.py)
+        for module in (model.model.multi_modal_projector, model.model.instruction_projector):
+            for p in [] if module is None else module.parameters():
+                p.mul_(20)
+        for module in model.model.vision_tower.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.reset_parameters()
+    model.generation_config.update(
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id
+    )
+    save_with_pipeline(model, processor, out_dir)
+    return model, processor
+
+
+def make_pages(out_dir: Path) -> list[str]:
+    """Two page images of a size that is not the view size (the resize path runs), with different content."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, (colour, text) in enumerate([((250, 250, 240), "Revenue $45M, up 15%"), ((230, 240, 255), "AI in care")]):
+        page = Image.new("RGB", (200 + 40 * i, 260), colour)
+        draw = ImageDraw.Draw(page)
+        draw.rectangle((20 + 30 * i, 30, 120 + 20 * i, 90 + 40 * i), fill=(40 * i, 90, 160))
+        draw.text((15, 150), text, fill=(0, 0, 0))
+        names.append(f"page{i}.png")
+        page.save(out_dir / names[-1])
+    return names
+
+
+def model_inputs(processor, vision, instruction) -> dict:
+    """Our processor's batch; without an instruction: bos, pages, "\n\n" (the prompt with no instruction rows)."""
+    if instruction is not None:
+        return processor.collate([processor.encode_example(None, instruction, vision=vision)])
+    ids = [processor.tokenizer.bos_token_id] + [processor.image_token_id] * int(vision["num_image_tokens"].sum())
+    ids += processor._text_ids("\n" + processor.answer_separator)
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    batch.update({k: vision[k] for k in ("pixel_values", "pixel_values_local", "images_spatial_crop") if k in vision})
+    return batch
+
+
+@torch.no_grad()
+def greedy(model, batch) -> dict:
+    """Greedy decoding on the raw logits (no suppressed tokens, eos not stopping): what vLLM computes with
+    temperature 0 and ignore_eos, its logprobs being raw log-softmaxes too."""
+    out = model(**batch, use_cache=True)
+    mask = batch["attention_mask"]
+    ids, logprobs, top = [], [], []
+    for _ in range(MAX_NEW_TOKENS):
+        step = out.logits[0, -1].float().log_softmax(-1)  # (V,)
+        token = int(step.argmax())
+        values, indices = step.topk(TOP_LOGPROBS)
+        ids.append(token)
+        logprobs.append(float(step[token]))
+        top.append(dict(zip(indices.tolist(), values.tolist())))
+        mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+        out = model(input_ids=torch.tensor([[token]]), attention_mask=mask, cache=out.cache, use_cache=True)
+    return {"prompt_ids": batch["input_ids"][0].tolist(), "greedy_ids": ids, "logprobs": logprobs, "top": top}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--fusion", default="tokens", choices=["tokens", "pooled", "none"])
+    parser.add_argument("--encoder", default="bert", choices=sorted(ENCODERS))
+    parser.add_argument("--crop", action="store_true", help="crop (gundam-like) mode: global view + local tiles")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model, processor = build_checkpoint(args.out_dir / "checkpoint", args.fusion, encoder=args.encoder, crop=args.crop)
+    pages = make_pages(args.out_dir / "pages")
+    cases = []
+    for page_names in (pages[:1], pages):
+        images = [Image.open(args.out_dir / "pages" / n).convert("RGB") for n in page_names]
+        vision = processor.image_processor.preprocess(images)
+        for instruction in (None,) + INSTRUCTIONS[: 2 if len(page_names) == 1 else 1]:
+            result = greedy(model, model_inputs(processor, vision, instruction))
+            cases.append({"pages": page_names, "instruction": instruction, **result})
+            print(f"{len(page_names)} page(s), instruction={instruction!r}: {result['greedy_ids']}")
+    vision = processor.image_processor.preprocess(TEXT_DOCUMENT)  # rendered by our processor
+    result = greedy(model, model_inputs(processor, vision, INSTRUCTIONS[0]))
+    cases.append({"pages": [], "text": TEXT_DOCUMENT, "instruction": INSTRUCTIONS[0], **result})
+    print(f"text document, instruction={INSTRUCTIONS[0]!r}: {result['greedy_ids']}")
+    ref = {"fusion": args.fusion, "encoder": args.encoder, "crop": args.crop, "max_new_tokens": MAX_NEW_TOKENS, "cases": cases}
+    (args.out_dir / "reference.json").write_text(json.dumps(ref))
+    print(f"wrote {args.out_dir}: {len(cases)} cases")
+
+
+if __name__ == "__main__":
+    main()
