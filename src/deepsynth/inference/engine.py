@@ -527,7 +527,7 @@ class InstructionEngine:
             answer = d["answer"]
             for stop in kwargs.get("stop_strings") or []:
                 if stop in answer:  # OpenAI's rule: the answer ends before the stop string
-                    answer, finish = answer[: answer.index(stop)].rstrip(), "stop"
+                    answer, finish = answer[: answer.index(stop)], "stop"
             total, used = example.get("pages_total"), example["num_pages"]
             results.append(GenerationResult(
                 answer, d["score"], length,
