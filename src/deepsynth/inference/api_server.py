@@ -237,6 +237,7 @@ class Serving:
         self.engine, self.settings = engine, settings
         self.gate = Gate(settings.max_queue)
         self.batcher = Batcher(engine, settings.batch_window_ms, settings.max_batch_size)
+        self.stream_stats = {"streams": 0, "tokens_generated": 0}
 
     @staticmethod
     @contextmanager
@@ -269,11 +270,18 @@ class Serving:
             with self.client_errors():
                 if isinstance(document, str):
                     document = DocumentText(document)
-                return await run_in_threadpool(self.engine.stream, document, instruction, max_length, temperature,
-                                               **extra)
+                pieces = await run_in_threadpool(self.engine.stream, document, instruction, max_length,
+                                                 temperature, **extra)
+            threading.Thread(target=self._count, args=(pieces,), daemon=True).start()
+            return pieces
         except BaseException:
             self.gate.release()
             raise
+
+    def _count(self, pieces: TextStream):
+        result = pieces.wait()
+        self.stream_stats["streams"] += 1
+        self.stream_stats["tokens_generated"] += result.tokens_generated if result else 0
 
     def close_stream(self, pieces: TextStream):
         pieces.close()  # a client that left stops the generation here (the response task is cancelled)
@@ -490,6 +498,7 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
                        "max_body_bytes": settings.max_body_bytes, "max_queue": settings.max_queue},
             "batching": {"window_ms": settings.batch_window_ms, "max_batch_size": settings.max_batch_size,
                          **serving.batcher.stats},
+            "streams": serving.stream_stats,
             "cache": engine.cache_stats(),
         }
 

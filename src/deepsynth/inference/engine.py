@@ -282,6 +282,11 @@ class TextStream:
     def close(self) -> None:
         self._cancel.set()
 
+    def wait(self, timeout: float | None = None) -> GenerationResult | None:
+        """Block until the generation has ended (finished or stopped by `close`); its result, None if it failed."""
+        self._thread.join(timeout)
+        return self.result
+
 
 class InstructionEngine:
     """Answers instructions about documents with one DeepSynth checkpoint.
