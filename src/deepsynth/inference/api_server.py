@@ -354,7 +354,10 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
             exc = StarletteHTTPException(422, "the request body cannot be parsed: not UTF-8 JSON or a valid form")
         if is_openai_path(request):
             return openai_error(exc.status_code, str(exc.detail), headers=exc.headers)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+        detail = exc.detail
+        if exc.status_code == 422 and isinstance(detail, str):  # the schema's 422 shape: a list of errors
+            detail = [{"loc": ["body"], "msg": detail, "type": "value_error"}]
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(ClientGone)
     async def _client_gone(request, exc):

@@ -83,7 +83,10 @@ async function errorMessage(response) {
   try {
     const data = await response.json();
     if (Array.isArray(data.detail)) {
-      return data.detail.map((e) => `${e.loc.filter((p) => p !== "body").join(".")}: ${e.msg}`).join("; ");
+      return data.detail.map((e) => {
+        const where = e.loc.filter((p) => p !== "body").join(".");
+        return where ? `${where}: ${e.msg}` : e.msg;
+      }).join("; ");
     }
     return data.detail || response.statusText;
   } catch (e) {
