@@ -5,8 +5,10 @@
         --instruction "What are the key findings?" --max-length 256 [--temperature 0.3] [--stream] [--json]
 
 --document is a file (.txt/.md, .pdf, .png/.jpg, ...) when such a file exists, otherwise the text itself.
---json prints {answer, confidence, tokens_generated, inference_time_ms}; --stream prints the answer as it is written.
-Exit status 2 on bad input (missing file, empty instruction, ...).
+--json prints {answer, confidence, tokens_generated, inference_time_ms, queue_time_ms, pages_used, pages_total,
+truncated}; --stream prints the answer as it is written. A document longer than the model's page limit is read up
+to its first pages, with a notice on stderr. Exit status 2 on bad input (missing file, empty instruction, a
+temperature that is not a finite number >= 0, text that is not valid Unicode, ...).
 """
 
 import argparse
@@ -48,12 +50,20 @@ def main(argv=None) -> int:
         else:
             result = engine.generate_result(args.document, args.instruction, args.max_length, args.temperature)
     except (FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, f"error: {_printable(str(e))}\n")
+    if result.truncated:
+        print(f"notice: the document has {result.pages_total} pages; only the first {result.pages_used} were read "
+              f"(the model's page limit)", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     elif not args.stream:
         print(result.answer)
     return 0
+
+
+def _printable(message: str) -> str:
+    """A message that quotes bad input (a lone surrogate) must still print."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 if __name__ == "__main__":
