@@ -72,6 +72,7 @@ class Settings:
     max_queue: int = 256
     batch_window_ms: float = 5.0
     max_batch_size: int = 16
+    batch_max_wait_ms: float = 200.0  # waiting for requests still being rendered ends here
     allowed_hosts: list[str] = field(default_factory=list)  # on top of LOOPBACK_HOSTS; "*" allows any
     cors_origins: list[str] = field(default_factory=list)
     allow_remote_images: bool = False  # /v1/chat/completions: fetch http(s) image_url parts
@@ -236,7 +237,7 @@ class Serving:
     def __init__(self, engine: InstructionEngine, settings: Settings):
         self.engine, self.settings = engine, settings
         self.gate = Gate(settings.max_queue)
-        self.batcher = Batcher(engine, settings.batch_window_ms, settings.max_batch_size)
+        self.batcher = Batcher(engine, settings.batch_window_ms, settings.max_batch_size, settings.batch_max_wait_ms)
         self.stream_stats = {"streams": 0, "tokens_generated": 0}
 
     @staticmethod
@@ -253,8 +254,13 @@ class Serving:
             if isinstance(document, str):
                 document = DocumentText(document)  # client text is text, never a server file name
             kwargs = self.engine.generation_kwargs(max_length, temperature, **extra)
-            example = await run_in_threadpool(self.engine.prepare, document, instruction)
-            job = self.batcher.submit(example, kwargs)
+            self.batcher.expect()  # the batch being gathered waits for this one while it renders
+            try:
+                example = await run_in_threadpool(self.engine.prepare, document, instruction)
+            except BaseException:
+                self.batcher.forget()
+                raise
+            job = self.batcher.submit(example, kwargs, expected=True)
             waiter = asyncio.wrap_future(job.future)
             while not (await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S))[0]:
                 if await raw.is_disconnected():
@@ -500,6 +506,7 @@ def create_app(engine: InstructionEngine, settings: Settings | None = None) -> F
             "limits": {"max_pages": engine.max_pages, "max_length": settings.max_length_limit,
                        "max_body_bytes": settings.max_body_bytes, "max_queue": settings.max_queue},
             "batching": {"window_ms": settings.batch_window_ms, "max_batch_size": settings.max_batch_size,
+                         "max_wait_ms": settings.batch_max_wait_ms,
                          **serving.batcher.stats},
             "streams": serving.stream_stats,
             "cache": engine.cache_stats(),
@@ -530,6 +537,8 @@ def main(argv=None):
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="how long the first waiting request waits for others to batch with (default 5 ms)")
     parser.add_argument("--max-batch-size", type=int, default=16, help="most requests in one generate() call")
+    parser.add_argument("--batch-max-wait-ms", type=float, default=200.0,
+                        help="a batch waits for requests still being rendered at most this long (default 200 ms)")
     parser.add_argument("--allowed-host", action="append", default=[], metavar="HOST",
                         help="also accept this Host header (loopback names always; repeat; '*' for any)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
@@ -544,8 +553,8 @@ def main(argv=None):
                         ("--max-batch-size", args.max_batch_size)):
         if value < 1:
             parser.error(f"{name} must be >= 1")
-    if args.batch_window_ms < 0:
-        parser.error("--batch-window-ms must be >= 0")
+    if not 0 <= args.batch_window_ms <= args.batch_max_wait_ms:
+        parser.error("need 0 <= --batch-window-ms <= --batch-max-wait-ms")
     try:
         engine = InstructionEngine(args.model, use_text_encoder=args.use_text_encoder, device=args.device,
                                    cache_size=args.cache_size, max_pages=args.max_pages)
@@ -559,6 +568,7 @@ def main(argv=None):
     settings = Settings(api_key=args.api_key, max_body_bytes=int(args.max_body_mb * 2**20),
                         max_length_limit=args.max_length_limit, max_queue=args.max_queue,
                         batch_window_ms=args.batch_window_ms, max_batch_size=args.max_batch_size,
+                        batch_max_wait_ms=args.batch_max_wait_ms,
                         allowed_hosts=allowed_hosts, cors_origins=list(args.cors_origin),
                         allow_remote_images=args.allow_remote_images)
     import uvicorn
