@@ -302,6 +302,21 @@ def test_stop_strings_and_finish_reason(plain):
     assert full.answer.startswith(cut.answer) and cut.tokens_generated < 12
 
 
+def test_concurrent_preparation_equals_sequential(plain):
+    """Rendering runs in many threads at once without a lock: the pixels and ids must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    docs = [f"Doc {i}: " + f"alpha beta gamma {i} " * 40 + "é ü ß" for i in range(6)]
+    pairs = [(d, QUESTIONS[i % 4]) for i, d in enumerate(docs)] * 4
+    expected = [plain.prepare(d, q) for d, q in pairs[:6]]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda pair: plain.prepare(*pair), pairs))
+    for i, example in enumerate(got):
+        assert torch.equal(example["pixel_values"], expected[i % 6]["pixel_values"])
+        assert example["input_ids"] == expected[i % 6]["input_ids"]
+        assert example["instruction_input_ids"] == expected[i % 6]["instruction_input_ids"]
+
+
 def test_timing_excludes_the_wait_for_the_model(plain):
     example = plain.prepare(DOC_B, QUESTIONS[0])
     kwargs = plain.generation_kwargs(max_length=2)

@@ -96,6 +96,12 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _usable_temperature(value: float | None) -> float | None:
+    if value and value < MIN_TEMPERATURE:
+        raise ValueError(f"temperature {value!r} is too small to sample with: use 0 for greedy or >= {MIN_TEMPERATURE}")
+    return value
+
+
 class PagesRequest(_NoModelField):
     document: StrictStr = Field(description="Document text (always read as text, never as a file name).")
 
@@ -110,13 +116,7 @@ class _InstructFields(PagesRequest):
     )
 
     _instruction_not_blank = field_validator("instruction")(_not_blank)
-    _temperature_usable = field_validator("temperature")(lambda v: _usable_temperature(v))
-
-
-def _usable_temperature(value: float | None) -> float | None:
-    if value and value < MIN_TEMPERATURE:
-        raise ValueError(f"temperature {value!r} is too small to sample with: use 0 for greedy or >= {MIN_TEMPERATURE}")
-    return value
+    _temperature_usable = field_validator("temperature")(_usable_temperature)
 
 
 class InstructResponse(BaseModel):

@@ -342,8 +342,9 @@ class InstructionEngine:
         self.cache = DocumentCache(cache_size, cache_bytes) if cache_size else None
         self.device = device
         self._lock = threading.Lock()  # one model worker: concurrent callers queue here
-        # Rendering and tokenizing overlap with generation, but one at a time: a fast tokenizer with truncation and
-        # a FreeType font are not safe to share between threads. Decoding (under the model lock) has its own copy.
+        # Tokenizing, one at a time: a fast tokenizer with truncation changes its settings per call and is not safe
+        # to share between threads. Rendering takes no lock (see _example). Decoding (under the model lock) has
+        # its own copy.
         self._processor_lock = threading.Lock()
         self._decoder = copy.deepcopy(self.processor.tokenizer)
 
