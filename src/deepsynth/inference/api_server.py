@@ -239,6 +239,7 @@ class Serving:
         self.gate = Gate(settings.max_queue)
         self.batcher = Batcher(engine, settings.batch_window_ms, settings.max_batch_size, settings.batch_max_wait_ms)
         self.stream_stats = {"streams": 0, "tokens_generated": 0}
+        self._stats_lock = threading.Lock()  # one counting thread per stream
 
     @staticmethod
     @contextmanager
@@ -286,8 +287,9 @@ class Serving:
 
     def _count(self, pieces: TextStream):
         result = pieces.wait()
-        self.stream_stats["streams"] += 1
-        self.stream_stats["tokens_generated"] += result.tokens_generated if result else 0
+        with self._stats_lock:
+            self.stream_stats["streams"] += 1
+            self.stream_stats["tokens_generated"] += result.tokens_generated if result else 0
 
     def close_stream(self, pieces: TextStream):
         pieces.close()  # a client that left stops the generation here (the response task is cancelled)
