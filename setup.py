@@ -60,6 +60,7 @@ setup(
     ],
     extras_require={
         "deepspeed": ["deepspeed==0.19.8"],  # install with DS_BUILD_OPS=0 on machines without a GPU toolchain
-        "dev": ["pytest>=8", "deepspeed==0.19.8", "tensorboard", "playwright", "requests", "hypothesis>=6.100,<7"],
+        "dev": ["pytest>=8", "deepspeed==0.19.8", "tensorboard", "playwright", "requests", "hypothesis>=6.100,<7",
+                "openai>=3.57,<4", "schemathesis>=4.32,<5"],
     },
 )

@@ -21,7 +21,8 @@ from _serving_helpers import DOC_A, DOC_B, start_server, stop_server
 from deepsynth.inference import InstructionEngine
 from deepsynth.inference.api_server import Gate
 
-RESULT_FIELDS = {"answer", "confidence", "tokens_generated", "inference_time_ms"}
+RESULT_FIELDS = {"answer", "confidence", "tokens_generated", "inference_time_ms", "queue_time_ms", "pages_used",
+                 "pages_total", "truncated"}
 PAGE = Image.fromarray(np.random.default_rng(2).integers(0, 255, (160, 120, 3), dtype=np.uint8))
 
 
@@ -150,7 +151,10 @@ BAD_JSON_REQUESTS = [
     ({"document": DOC_A, "instruction": "q", "temperature": "hot"}, 422, "valid number"),
     ({"document": DOC_A, "instruction": "q", "model": "other/model"}, 422, "'model' cannot be chosen per request"),
     ({"document": DOC_A, "instruction": "q", "top_k": 5}, 422, "Extra inputs are not permitted"),
-    ({"document": "word " * 2000, "instruction": "q"}, 422, "more than max_pages=3"),
+    ({"document": DOC_A, "instruction": "q\ud800"}, 422, "lone surrogate"),
+    ({"document": "\udfff" + DOC_A, "instruction": "q"}, 422, "document is not valid Unicode text"),
+    ({"document": DOC_A, "instruction": "q", "temperature": 1e-40}, 422, "too small to sample with"),
+    ({"document": DOC_A, "instruction": "q", "temperature": 5e-324}, 422, "too small to sample with"),
     ({"document": "x" * (1 << 20), "instruction": "q"}, 413, "larger than the server limit"),
 ]
 
@@ -181,7 +185,9 @@ def test_malformed_bodies_and_uploads(server):
         ({"file": ("latin1.txt", "caf\xe9".encode("latin-1"))}, form, 422, "not UTF-8"),
         ({"file": ("broken.pdf", b"%PDF-1.4 not really")}, form, 422, "cannot read"),
         ({"file": ("fake.png", b"not an image")}, form, 422, "cannot read"),
-        ({"file": ("long.pdf", pdf_bytes(4))}, form, 422, "more than max_pages=3"),
+        ({"file": ("a.txt", b"text")}, {**form, "model": "/etc"}, 422, "'model' cannot be chosen per request"),
+        ({"file": ("a.txt", b"text")}, {**form, "top_k": "5"}, 422, "unknown form field(s) ['top_k']"),
+        ({"file": ("a.txt", b"text")}, {"instruction": "q", "temperature": "1e-39"}, 422, "too small to sample"),
         ({"file": ("a.txt", b"text")}, {"instruction": "  "}, 422, "instruction must not be empty"),
         ({"file": ("a.txt", b"text")}, {"instruction": "q", "max_length": "many"}, 422, "max_length"),
         ({"file": ("a.txt", b"text")}, {"instruction": "q", "temperature": "9"}, 422, "temperature"),
@@ -192,7 +198,70 @@ def test_malformed_bodies_and_uploads(server):
         assert r.status_code == status and message in r.text, (files, r.status_code, r.text[:300])
     r = requests.post(f"{server}/api/inference/stream", json={"document": DOC_A, "instruction": ""})
     assert r.status_code == 422 and r.headers["content-type"] == "application/json"
+    for bad in ({"document": DOC_A, "instruction": "\ud800"}, {"document": DOC_A, "instruction": "q", "temperature": 1e-39}):
+        r = requests.post(f"{server}/api/inference/stream", json=bad)  # refused before the event stream starts
+        assert r.status_code == 422 and r.headers["content-type"] == "application/json", r.text[:300]
+    r = requests.post(f"{server}/api/inference/upload/stream", files={"file": ("a.txt", b"t")},
+                      data={"instruction": "q", "model": "x"})
+    assert r.status_code == 422 and "'model' cannot be chosen" in r.text
+    r = requests.post(f"{server}/api/inference/pages/upload", files={"file": ("a.txt", b"t")}, data={"x": "1"})
+    assert r.status_code == 422 and "unknown form field(s) ['x']" in r.text
+    # invalid UTF-8 in a JSON body: 422 with a reason, as documented
+    r = requests.post(url, data=b'{"document": "\xff\xfe", "instruction": "q"}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
     assert instruct(server, document=DOC_A, instruction="q", max_length=1).status_code == 200
+
+
+def test_long_documents_are_read_up_to_the_page_limit_and_say_so(server, engine):
+    r = instruct(server, document="word " * 2000, instruction="q", max_length=2)
+    data = r.json()
+    assert r.status_code == 200 and (data["pages_used"], data["pages_total"], data["truncated"]) == (3, None, True)
+    data = instruct(server, document=DOC_A, instruction="q", max_length=2).json()
+    assert (data["pages_used"], data["pages_total"], data["truncated"]) == (1, 1, False)
+    form = {"instruction": "What was the revenue?", "max_length": "4"}
+    r = requests.post(f"{server}/api/inference/upload", files={"file": ("long.pdf", pdf_bytes(5))}, data=form)
+    assert r.status_code == 200 and (r.json()["pages_used"], r.json()["pages_total"], r.json()["truncated"]) == (3, None, True), r.text
+    assert r.json()["answer"] == engine.generate(pdf_bytes(3), form["instruction"], max_length=4)  # its first 3
+    events = sse_events(requests.post(f"{server}/api/inference/upload/stream", data=form,
+                                      files={"file": ("long.pdf", pdf_bytes(4))}))
+    assert events[-1][0] == "done" and events[-1][1]["truncated"] is True
+    preview = requests.post(f"{server}/api/inference/pages", json={"document": "word " * 2000}).json()
+    assert preview["page_count"] == 3 and preview["pages_total"] is None and preview["truncated"] is True
+
+
+def test_host_header_allow_list_and_cors(server, checkpoint):
+    url = f"{server}/api/inference/instruct"
+    payload = {"document": DOC_A, "instruction": "q", "max_length": 1}
+    port = urlparse(server).port
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"):
+        assert requests.post(url, json=payload, headers={"Host": host}).status_code == 200, host
+    r = requests.post(url, json=payload, headers={"Host": "evil.example"})  # DNS rebinding: refused before any work
+    assert r.status_code == 400 and "Invalid host header" in r.text
+    # A page on another origin: refused, also as a "simple" multipart POST that needs no preflight.
+    evil = {"Origin": "http://evil.example"}
+    r = requests.post(f"{server}/api/inference/upload", files={"file": ("a.txt", b"x")}, data={"instruction": "q"},
+                      headers=evil)
+    assert r.status_code == 403 and "cross-origin request from http://evil.example refused" in r.text
+    assert "access-control-allow-origin" not in r.headers
+    preflight = {**evil, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+    r = requests.options(url, headers=preflight)
+    assert r.status_code >= 400 and "access-control-allow-origin" not in r.headers
+    assert requests.post(url, json=payload, headers={"Origin": server}).status_code == 200  # the web UI itself
+    proc, base = start_server(checkpoint, "--allowed-host", "deepsynth.internal", "--cors-origin", "https://app.example")
+    try:
+        url = f"{base}/api/inference/instruct"
+        assert requests.post(url, json=payload, headers={"Host": "deepsynth.internal"}).status_code == 200
+        assert requests.post(url, json=payload, headers={"Host": "evil.example"}).status_code == 400
+        ok = {"Origin": "https://app.example"}
+        r = requests.options(url, headers={**ok, "Access-Control-Request-Method": "POST",
+                                           "Access-Control-Request-Headers": "content-type,x-api-key"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        r = requests.post(url, json=payload, headers=ok)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+        assert requests.post(url, json=payload, headers=evil).status_code == 403
+    finally:
+        stop_server(proc)
 
 
 def test_health_and_openapi(server):
@@ -201,6 +270,8 @@ def test_health_and_openapi(server):
     schema = requests.get(f"{server}/openapi.json").json()
     assert {"/api/inference/instruct", "/api/inference/upload", "/api/inference/stream", "/api/inference/upload/stream",
             "/api/inference/pages", "/api/inference/pages/upload", "/api/health"} <= set(schema["paths"])
+    for path in ("/api/inference/upload", "/api/inference/upload/stream", "/api/inference/pages/upload"):
+        assert "415" in schema["paths"][path]["post"]["responses"], path
     fields = schema["components"]["schemas"]["InstructRequest"]["properties"]
     assert set(fields) == {"document", "instruction", "max_length", "temperature", "repetition_guard"}
     assert fields["max_length"]["maximum"] == 1024

@@ -49,7 +49,8 @@ def test_instruct_json_and_stream(checkpoint, engine, tmp_path, capsys):
                               "--max-length", "10", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     expected = engine.generate_result(DOC_B, "Who benefits?", max_length=10)
-    assert set(result) == {"answer", "confidence", "tokens_generated", "inference_time_ms"}
+    assert set(result) == {"answer", "confidence", "tokens_generated", "inference_time_ms", "queue_time_ms",
+                           "pages_used", "pages_total", "truncated"}
     assert (result["answer"], result["tokens_generated"]) == (expected.answer, 10)
     assert result["confidence"] == pytest.approx(expected.confidence, abs=1e-5)
     assert instruct_cli.main(["--model", checkpoint, "--document", DOC_B, "--instruction", "Who benefits?",
@@ -67,12 +68,37 @@ def test_instruct_json_and_stream(checkpoint, engine, tmp_path, capsys):
         (["--document", "missing_report.txt", "--instruction", "q"], "no such file"),
         (["--document", DOC_A, "--instruction", " "], "instruction must be a non-empty string"),
         (["--document", DOC_A, "--instruction", "q", "--max-length", "0"], "max_length must be a positive integer"),
+        (["--document", DOC_A, "--instruction", "q", "--temperature", "inf"], "finite number"),
+        (["--document", DOC_A, "--instruction", "q", "--temperature", "nan"], "finite number"),
+        (["--document", DOC_A, "--instruction", "q", "--temperature", "1e-40"], "too small to sample with"),
+        (["--document", DOC_A, "--instruction", "q\udcff"], "lone surrogate"),
+        (["--document", "\ud800" + DOC_A, "--instruction", "q", "--stream"], "lone surrogate"),
     ],
 )
 def test_instruct_bad_input_exits_2(checkpoint, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:
         instruct_cli.main(["--model", checkpoint, *argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_instruct_invalid_utf8_argument_exits_2_without_a_traceback(checkpoint):
+    proc = subprocess.run([sys.executable, "-m", "deepsynth.inference.instruct", "--model", checkpoint,
+                           "--document", DOC_A.encode(), "--instruction", b"q\xff\xfe"],
+                          cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, timeout=600)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2 and "lone surrogate" in err and "Traceback" not in err, err[-2000:]
+
+
+def test_instruct_says_when_a_document_was_truncated(checkpoint, engine, capsys):
+    long_text = "word " * 3000
+    assert instruct_cli.main(["--model", checkpoint, "--document", long_text, "--instruction", "q",
+                              "--max-length", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "notice: the document has more than 4 pages; only the first 4 were read" in captured.err
+    assert captured.out == engine.generate(long_text, "q", max_length=2) + "\n"
+    assert instruct_cli.main(["--model", checkpoint, "--document", DOC_A, "--instruction", "q",
+                              "--max-length", "2"]) == 0
+    assert "notice" not in capsys.readouterr().err
 
 
 def test_instruct_without_model_names_the_missing_demo(capsys, monkeypatch, tmp_path):

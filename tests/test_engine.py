@@ -65,7 +65,9 @@ def test_seed_python_api(engine):
     result = engine.generate_result(DOC_A, QUESTIONS[0], max_length=5)
     assert result.tokens_generated == 5  # the random model never writes eos
     assert 0 < result.confidence <= 1 and result.inference_time_ms >= 0
-    assert set(result.to_dict()) == {"answer", "confidence", "tokens_generated", "inference_time_ms"}
+    assert set(result.to_dict()) == {"answer", "confidence", "tokens_generated", "inference_time_ms", "queue_time_ms",
+                                     "pages_used", "pages_total", "truncated"}
+    assert (result.pages_used, result.pages_total, result.truncated, result.finish_reason) == (1, 1, False, "length")
 
 
 def test_default_model_path_is_the_bundled_demo(monkeypatch, tmp_path):
@@ -245,22 +247,88 @@ def test_temperature_semantics(engine):
         (lambda e: e.generate(123, "q"), "unsupported document type int"),
         (lambda e: e.generate("missing_report.pdf", "q"), "no such file"),
         (lambda e: e.generate(b"%PDF-1.4 garbage", "q"), "cannot read"),
-        (lambda e: e.generate([NOISE] * 5, "q"), "more than max_pages=4"),
+        (lambda e: e.generate(DOC_A, "q\ud800"), "instruction is not valid Unicode text: lone surrogate"),
+        (lambda e: e.generate("doc \udfff text", "q"), "document is not valid Unicode text"),
+        (lambda e: e.stream(DOC_A, "\ud800 q"), "lone surrogate"),
+        (lambda e: e.text_pages("\ud800"), "lone surrogate"),
+        (lambda e: e.generate(DOC_A, "q", temperature=1e-38), "too small to sample with"),
+        (lambda e: e.generate(DOC_A, "q", temperature=5e-324), "too small to sample with"),
+        (lambda e: e.generate(DOC_A, "q", temperature=float("inf")), "finite number"),
+        (lambda e: e.generate(DOC_A, "q", temperature=float("nan")), "finite number"),
+        (lambda e: e.generate(DOC_A, "q", temperature=0.5, top_p=0), r"top_p must be a number in \(0, 1\]"),
+        (lambda e: e.generate(DOC_A, "q", temperature=0.5, top_p=1.5), "top_p"),
+        (lambda e: e.generate(DOC_A, "q", temperature=0.5, top_p=float("nan")), "top_p"),
+        (lambda e: e.generate(DOC_A, "q", stop_strings="x"), "stop_strings must be a list"),
         (lambda e: e.generate(DOC_A, "q", max_length=0), "max_length must be a positive integer"),
         (lambda e: e.generate(DOC_A, "q", max_length="5"), "max_length must be a positive integer"),
-        (lambda e: e.generate(DOC_A, "q", temperature=-0.5), "temperature must be a number >= 0"),
+        (lambda e: e.generate(DOC_A, "q", temperature=-0.5), "temperature must be a finite number >= 0"),
         (lambda e: e.generate(DOC_A, "q", num_beams=0), "num_beams must be a positive integer"),
         (lambda e: e.generate(DOC_A, "q", num_return_sequences=2), "num_return_sequences must be 1"),
         (lambda e: e.generate_batch([DOC_A], ["q", "r"]), "equal length"),
         (lambda e: e.generate_batch(DOC_A, "q"), "list of documents"),
         (lambda e: e.stream("", "q"), "document is empty"),
-        (lambda e: e.text_pages("word " * 3000), "more than max_pages=4"),
     ],
 )
 def test_bad_input_raises_value_error_and_the_engine_keeps_working(engine, call, message):
     with pytest.raises(ValueError, match=message):
         call(engine)
     assert isinstance(engine.generate(DOC_A, QUESTIONS[0], max_length=1), str)  # the model lock was released
+
+
+def test_long_documents_are_truncated_and_say_so(engine, plain):
+    """One behaviour everywhere: the first max_pages pages are read and the result says how many of how many."""
+    result = plain.generate_result([NOISE] * 6, QUESTIONS[0], max_length=3)
+    assert (result.pages_used, result.pages_total, result.truncated) == (4, None, True)  # layout stops at the limit
+    assert result.answer == plain.generate([NOISE] * 4, QUESTIONS[0], max_length=3)  # the first 4 pages, exactly
+    long_text = "word " * 3000
+    pages, total, truncated = engine.document_pages(long_text)
+    assert len(pages) == engine.max_pages == 4 and total is None and truncated
+    assert len(engine.text_pages(long_text)) == 4
+    for eng in (engine, engine):  # the second call is a cache hit: the counts come from the cached layout
+        result = eng.generate_result(long_text, QUESTIONS[1], max_length=2)
+        assert (result.pages_used, result.pages_total, result.truncated) == (4, None, True)
+    assert result.cache_hit
+    batch = plain.generate_batch_results([long_text, DOC_A], QUESTIONS[:2], max_length=2)
+    assert [(r.pages_used, r.truncated) for r in batch] == [(4, True), (1, False)]
+
+
+def test_stop_strings_and_finish_reason(plain):
+    full = plain.generate_result(DOC_A, QUESTIONS[0], max_length=12)
+    assert full.finish_reason == "length" and full.tokens_generated == 12
+    words = full.answer.split()
+    stop = words[len(words) // 2][:2] if len(words) > 1 else full.answer[1:3]
+    cut = plain.generate_result(DOC_A, QUESTIONS[0], max_length=12, stop_strings=[stop])
+    assert cut.finish_reason == "stop" and stop not in cut.answer
+    assert full.answer.startswith(cut.answer) and cut.tokens_generated < 12
+
+
+def test_concurrent_preparation_equals_sequential(plain):
+    """Rendering runs in many threads at once without a lock: the pixels and ids must not change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    docs = [f"Doc {i}: " + f"alpha beta gamma {i} " * 40 + "é ü ß" for i in range(6)]
+    pairs = [(d, QUESTIONS[i % 4]) for i, d in enumerate(docs)] * 4
+    expected = [plain.prepare(d, q) for d, q in pairs[:6]]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda pair: plain.prepare(*pair), pairs))
+    for i, example in enumerate(got):
+        assert torch.equal(example["pixel_values"], expected[i % 6]["pixel_values"])
+        assert example["input_ids"] == expected[i % 6]["input_ids"]
+        assert example["instruction_input_ids"] == expected[i % 6]["instruction_input_ids"]
+
+
+def test_timing_excludes_the_wait_for_the_model(plain):
+    example = plain.prepare(DOC_B, QUESTIONS[0])
+    kwargs = plain.generation_kwargs(max_length=2)
+    with plain._lock:  # someone else holds the model for 0.5 s
+        holder = threading.Timer(0.5, lambda: None)
+        holder.start()
+        results = []
+        worker = threading.Thread(target=lambda: results.extend(plain.run_prepared([example], kwargs)))
+        worker.start()
+        holder.join()
+    worker.join()
+    assert results[0].queue_time_ms >= 500 and results[0].inference_time_ms < results[0].queue_time_ms
 
 
 def test_text_pages_never_reads_files(engine, tmp_path):

@@ -52,10 +52,10 @@ def test_paste_text_and_generate(server, page):
     page.goto(server)
     page.get_by_role("tab", name="Instruction Prompting").click()
     page.fill("#document-text", DOC_A)
-    page.select_option("#template", "qa")  # fills the instruction and the guide's Q&A temperature
+    assert page.input_value("#temperature") == "0"  # greedy by default, like the API and the CLI
+    page.select_option("#template", "qa")  # fills the instruction, leaves the temperature
     assert page.input_value("#instruction") == "What are the key findings?"
-    assert page.input_value("#temperature") == "0.3"
-    page.fill("#temperature", "0")  # greedy, to compare with the REST answer
+    assert page.input_value("#temperature") == "0"
     page.fill("#max-length", "12")
     page.get_by_role("button", name="Generate Answer").click()
     page.wait_for_function("/^[01]\\.\\d{3}$/.test(document.getElementById('confidence').textContent)")
@@ -65,7 +65,26 @@ def test_paste_text_and_generate(server, page):
     assert page.text_content("#answer") == api_answer(server, DOC_A, "What are the key findings?", 12)
     page.wait_for_selector("#pages img.page")
     assert page.locator("#pages img.page").count() >= 1
-    assert page.is_hidden("#error")
+    assert page.is_hidden("#error") and page.is_hidden("#notice")
+
+
+def test_a_truncated_document_shows_a_notice(server, page):
+    long_text = "word " * 3000
+    total = requests.post(f"{server}/api/inference/pages", json={"document": long_text}, timeout=120).json()
+    assert total["truncated"] and total["page_count"] == 4 and total["pages_total"] is None  # layout stopped at 5
+    page.goto(server)
+    page.fill("#document-text", long_text)
+    page.fill("#instruction", "What is this about?")
+    page.fill("#max-length", "2")
+    page.get_by_role("button", name="Generate Answer").click()
+    page.wait_for_function("document.getElementById('tokens').textContent === '2'")
+    assert page.is_visible("#notice")
+    assert page.text_content("#notice") == ("Only the first 4 pages were read (the model's page limit); the rest was "
+                                            "ignored.")
+    assert page.text_content("#answer") == api_answer(server, long_text, "What is this about?", 2)
+    page.fill("#document-text", DOC_A)  # a short document: the notice goes away
+    page.get_by_role("button", name="Generate Answer").click()
+    page.wait_for_function("document.getElementById('notice').hidden === true")
 
 
 def test_upload_file_and_generate(server, page, tmp_path):

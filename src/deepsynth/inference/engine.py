@@ -19,6 +19,7 @@ entries and bytes.
 import copy
 import hashlib
 import logging
+import math
 import os
 import sys
 import threading
@@ -48,25 +49,39 @@ DEFAULT_MODEL_PATH = Path(os.environ.get("DEEPSYNTH_MODEL_PATH", REPO_ROOT / "ch
 DEFAULT_CACHE_ENTRIES = 32
 DEFAULT_CACHE_BYTES = 512 * 2**20
 PIXEL_KEYS = ("pixel_values", "pixel_values_local", "images_spatial_crop")
+# Sampling divides the logits by the temperature: below this they overflow to inf and sampling fails (NaN probs).
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass
 class GenerationResult:
     """answer: the decoded answer (stripped). confidence: geometric mean of the generated tokens' probabilities
     (eos included) under the distribution each was picked from, in (0, 1]. tokens_generated: new tokens, eos
-    included. inference_time_ms: rendering + model time of this call (queue wait excluded; a batch reports the
-    batch's time). cache_hit: the document's vision features came from the cache."""
+    included. inference_time_ms: rendering + model time of this request (a batch's model time is shared by its
+    rows). queue_time_ms: time the prepared request waited for the model (not part of inference_time_ms).
+    pages_used / pages_total: pages the model read / the document has (None if unknown: a truncated document is
+    laid out only up to the page limit); truncated: the document had more pages than the page limit and only the
+    first `pages_used` were read. cache_hit: the document's vision
+    features came from the cache. finish_reason: "stop" (eos or a stop string) or "length" (max_length reached).
+    prompt_tokens: the prompt's length in decoder tokens (image placeholders included)."""
 
     answer: str
     confidence: float
     tokens_generated: int
     inference_time_ms: int
+    queue_time_ms: int = 0
+    pages_used: int | None = None
+    pages_total: int | None = None
+    truncated: bool = False
     cache_hit: bool = False
+    finish_reason: str = "length"
+    prompt_tokens: int = 0
 
     def to_dict(self) -> dict:
         """The REST response fields."""
         out = asdict(self)
-        out.pop("cache_hit")
+        for internal in ("cache_hit", "finish_reason", "prompt_tokens"):
+            out.pop(internal)
         return out
 
 
@@ -211,13 +226,28 @@ def resolve_model_path(model_path) -> str:
 
 
 class _Cancelled(StoppingCriteria):
-    """Stops generation when a streaming client goes away."""
+    """Stops generation when a client goes away: one event for the whole batch, or one per row (a row whose
+    event is set ends; generate() stops once every row has)."""
 
-    def __init__(self, event: threading.Event):
+    def __init__(self, event: threading.Event | list[threading.Event]):
+        self.events = event if isinstance(event, list) else None
         self.event = event
 
     def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        if self.events is None:
+            return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+        return torch.tensor([e.is_set() for e in self.events], dtype=torch.bool, device=input_ids.device)
+
+
+def check_text(name: str, text: str) -> str:
+    """ValueError for text that is not valid Unicode (a lone surrogate such as "\\ud800" cannot be encoded)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{name} is not valid Unicode text: lone surrogate {text[e.start]!r} at position {e.start}"
+        ) from None
+    return text
 
 
 class TextStream:
@@ -265,6 +295,11 @@ class TextStream:
     def close(self) -> None:
         self._cancel.set()
 
+    def wait(self, timeout: float | None = None) -> GenerationResult | None:
+        """Block until the generation has ended (finished or stopped by `close`); its result, None if it failed."""
+        self._thread.join(timeout)
+        return self.result
+
 
 class InstructionEngine:
     """Answers instructions about documents with one DeepSynth checkpoint.
@@ -276,7 +311,8 @@ class InstructionEngine:
         convert a checkpoint with instruction_fusion="none" instead.
     device: "cpu", "cuda", "cuda:1", ... dtype: default float32 on CPU, bfloat16 on CUDA.
     cache_size: documents kept in the document cache (0 disables it); cache_bytes bounds its memory.
-    max_pages: lower the processor's page limit per document (None keeps the checkpoint's).
+    max_pages: lower the processor's page limit per document (None keeps the checkpoint's). A longer document is
+        read up to its first `max_pages` pages; every result says so (`pages_used`, `pages_total`, `truncated`).
     """
 
     def __init__(
@@ -319,8 +355,9 @@ class InstructionEngine:
         self.cache = DocumentCache(cache_size, cache_bytes) if cache_size else None
         self.device = device
         self._lock = threading.Lock()  # one model worker: concurrent callers queue here
-        # Rendering and tokenizing overlap with generation, but one at a time: a fast tokenizer with truncation and
-        # a FreeType font are not safe to share between threads. Decoding (under the model lock) has its own copy.
+        # Tokenizing, one at a time: a fast tokenizer with truncation changes its settings per call and is not safe
+        # to share between threads. Rendering takes no lock (see _example). Decoding (under the model lock) has
+        # its own copy.
         self._processor_lock = threading.Lock()
         self._decoder = copy.deepcopy(self.processor.tokenizer)
 
@@ -375,17 +412,40 @@ class InstructionEngine:
         kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
         return TextStream(self, self._example(document, instruction), kwargs, started)
 
+    # ---- serving building blocks: a server prepares requests in its own threads and batches them -------------
+    def generation_kwargs(self, max_length: int = 256, temperature: float | None = None, **generate_kwargs) -> dict:
+        """The generate() kwargs of a request (ValueError on bad values), for `run_prepared`."""
+        return self._generate_kwargs(max_length, temperature, generate_kwargs)
+
+    def prepare(self, document, instruction: str) -> dict:
+        """Render + tokenize one request (ValueError on bad input), for `run_prepared`; holds no model lock."""
+        return self._example(document, instruction)
+
+    def run_prepared(
+        self, examples: list[dict], generate_kwargs: dict, cancel: list[threading.Event] | None = None
+    ) -> list[GenerationResult]:
+        """One padded generate() call for prepared examples sharing `generate_kwargs`; `cancel`: an event per
+        example, set when its client has gone (that row stops early)."""
+        return self._run(examples, generate_kwargs, cancel=cancel)
+
     def text_pages(self, text: str) -> list:
-        """Pages of `text` read as text, never as a file name (what a server does with text from a client). The
-        page limit is checked before anything is drawn."""
+        """Pages of `text` read as text, never as a file name (what a server does with text from a client): the
+        first `max_pages`, counted before anything is drawn."""
         if not isinstance(text, str):
             raise ValueError(f"text must be a string, got {type(text).__name__}")
         return self.load_pages(DocumentText(text))
 
     def load_pages(self, document) -> list:
-        """The page images the model sees for `document` (before resizing to views): for previews."""
-        with self._processor_lock:
-            return self.processor.image_processor.load_pages(document)
+        """The page images the model sees for `document` (before resizing to views): for previews. Like answers,
+        the first `max_pages` pages (`document_pages` also says whether the document had more)."""
+        return self.document_pages(document)[0]
+
+    def document_pages(self, document) -> tuple[list, int | None, bool]:
+        """(pages the model reads, pages the document has or None if unknown, truncated)."""
+        for part in document if isinstance(document, (list, tuple)) else [document]:
+            if isinstance(part, str):
+                check_text("document", part)
+        return self._document_pages(document)
 
     def cache_stats(self) -> dict | None:
         return None if self.cache is None else self.cache.stats()
@@ -397,27 +457,13 @@ class InstructionEngine:
         """Schema-constrained extraction: the decoder can only write JSON valid under `schema` (a JSON Schema dict
         or its text) or, with `fields=["revenue", "growth"]`, an object of those required string fields. ValueError
         for an invalid schema (naming the problem), both or neither given, or num_beams > 1."""
-        started = time.perf_counter()
         kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
         with self._processor_lock:  # the constraint checks the schema's keys with the (shared) tokenizer
             constraint = pipeline_deepsynth.build_json_constraint(self.model, self.processor.tokenizer, schema, fields)
         if constraint is None:
             raise ValueError("generate_json needs a schema (a JSON Schema) or fields (a list of field names)")
         kwargs = pipeline_deepsynth.constrained_kwargs(self.model, constraint, kwargs)
-        return self._run_json(self._example(document, instruction), constraint, kwargs, started)
-
-    def _run_json(self, example: dict, constraint, generate_kwargs: dict, started: float) -> JsonGenerationResult:
-        """`_run` for one constrained request: the same generate() path, the output also parsed against the schema."""
-        waited = time.perf_counter()
-        with self._lock:
-            locked = time.perf_counter()
-            inputs, hits = self._inputs([example])
-            outputs = pipeline_deepsynth.generate_with_scores(self.model, inputs, **generate_kwargs)
-            decoded = pipeline_deepsynth.decode_answers(self._decoder, outputs)[0]
-            parsed = pipeline_deepsynth.decode_json(constraint, outputs)[0]
-            elapsed_ms = round((waited - started + time.perf_counter() - locked) * 1000)
-        return JsonGenerationResult(decoded["answer"], decoded["score"], decoded["tokens_generated"], elapsed_ms,
-                                    hits[0], **parsed)
+        return self._run([self._example(document, instruction)], kwargs, constraint=constraint)[0]
 
     # ---- internals ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -426,49 +472,111 @@ class InstructionEngine:
             raise ValueError(f"max_length must be a positive integer (new tokens), got {max_length!r}")
         if temperature is not None and (
             isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0
+            or not math.isfinite(temperature)
         ):
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if temperature and temperature < MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature {temperature!r} is too small to sample with: use 0 for greedy or >= {MIN_TEMPERATURE}"
+            )
         beams = extra.get("num_beams", 1)
         if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
             raise ValueError(f"num_beams must be a positive integer, got {beams!r}")
         repetition_guard(extra.get("repetition_guard"))  # bad guard settings fail here, before any work
+        top_p = extra.get("top_p", 1.0)
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+        top_k = extra.get("top_k", 0)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
+        stops = extra.get("stop_strings", [])
+        if isinstance(stops, str) or not all(isinstance(x, str) and x for x in stops):
+            raise ValueError(f"stop_strings must be a list of non-empty strings, got {stops!r}")
         kwargs = {"max_new_tokens": max_length, "do_sample": bool(temperature)}
         if temperature:
             kwargs["temperature"] = float(temperature)
         return {**kwargs, **extra}
 
+    def _document_pages(self, document) -> tuple[list, int | None, bool]:
+        """(the pages the model reads, the pages the document has or None if unknown, truncated): the first
+        `max_pages` pages are kept. The processor stops laying out at `max_pages` + 1 pages (a 10 MB text costs its
+        first pages), so the total of a truncated document is unknown (None)."""
+        pages, truncated = self.processor.image_processor.load_document(
+            document, max_pages=self.max_pages, truncate_pages=True)
+        return pages, None if truncated else len(pages), truncated
+
     def _example(self, document, instruction) -> dict:
-        """Render + tokenize one request (outside the model lock): ValueError on bad input."""
+        """Render + tokenize one request (outside the model lock): ValueError on bad input. Rendering holds no lock
+        (the renderer's state is per call, and Pillow's FreeType calls keep the GIL); only tokenizing does: a
+        fast tokenizer with truncation changes its settings per call and is not safe to share between threads."""
+        started = time.perf_counter()
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction must be a non-empty string, got {instruction!r:.80}")
+        check_text("instruction", instruction)
         if document is None or (isinstance(document, str) and not document.strip()):
             raise ValueError("document is empty")
+        for part in document if isinstance(document, (list, tuple)) else [document]:
+            if isinstance(part, str):
+                check_text("document", part)
         key = source_key(document) if self.cache is not None else None
         entry = self.cache.get(key, count=False) if key is not None else None
+        if entry is not None and entry.layout is not None:  # seen before: no rendering, no pixels
+            vision = entry.layout
+        else:
+            pages, total, truncated = self._document_pages(document)
+            vision = dict(self.processor.image_processor.preprocess(pages), pages_total=total, truncated=truncated)
         with self._processor_lock:
-            if entry is not None and entry.layout is not None:  # seen before: no rendering, no pixels
-                example = self.processor.encode_example(document, instruction, vision=entry.layout)
-            else:
-                example = self.processor(document=document, instruction=instruction)
+            example = self.processor.encode_example(document, instruction, vision=vision)
+        example["pages_total"], example["truncated"] = vision.get("pages_total"), vision.get("truncated", False)
         example["cache_key"], example["cache_entry"] = key, entry  # the entry is held: eviction cannot lose it
+        example["prepare_s"], example["prepared_at"] = time.perf_counter() - started, time.perf_counter()
         return example
 
-    def _run(self, examples: list[dict], generate_kwargs: dict, started: float) -> list[GenerationResult]:
-        """One generate() call for all examples, under the model lock."""
-        waited = time.perf_counter()
+    def _run(
+        self, examples: list[dict], generate_kwargs: dict, started: float | None = None,
+        cancel: list[threading.Event] | None = None, constraint=None,
+    ) -> list[GenerationResult]:
+        """One generate() call for all examples, under the model lock. Times come from each example (its own
+        rendering, its wait for the lock), so `started` is not needed. cancel: one event per example; a set event
+        ends that row early (its client went away). constraint: the JSON constraint `generate_kwargs` decode under
+        (`generate_json`): the results are `JsonGenerationResult`s with the parsed object."""
+        kwargs = dict(generate_kwargs)
+        if cancel is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([*kwargs.get("stopping_criteria", []), _Cancelled(cancel)])
+        if kwargs.get("stop_strings"):
+            kwargs["tokenizer"] = self._decoder  # generate() needs it to find the strings in token ids
         with self._lock:
             locked = time.perf_counter()
             # beams cannot grow a pre-filled prefix cache (the checkpoint's generation config may ask for beams too)
-            expanded = generate_kwargs.get("num_beams", self.model.generation_config.num_beams or 1) > 1
+            expanded = kwargs.get("num_beams", self.model.generation_config.num_beams or 1) > 1
             inputs, hits = self._inputs(examples, prefix_cache=not expanded)
-            generate_kwargs = resolve_guard_kwarg(generate_kwargs, self._decoder)  # repetition_guard=True / {...}
-            outputs = pipeline_deepsynth.generate_with_scores(self.model, inputs, **generate_kwargs)
+            kwargs = resolve_guard_kwarg(kwargs, self._decoder)  # repetition_guard=True / {...}
+            prompt_tokens = inputs["attention_mask"].sum(1).tolist()
+            outputs = pipeline_deepsynth.generate_with_scores(self.model, inputs, **kwargs)
             decoded = pipeline_deepsynth.decode_answers(self._decoder, outputs)
-            elapsed_ms = round((waited - started + time.perf_counter() - locked) * 1000)
-        return [
-            GenerationResult(d["answer"], d["score"], d["tokens_generated"], elapsed_ms, hit)
-            for d, hit in zip(decoded, hits)
-        ]
+            parsed = [{}] * len(examples) if constraint is None else pipeline_deepsynth.decode_json(constraint, outputs)
+            model_s = time.perf_counter() - locked
+        eos = kwargs.get("eos_token_id", self.model.generation_config.eos_token_id)
+        eos = {eos} if isinstance(eos, int) else set(eos or [])
+        results = []
+        rows = zip(decoded, hits, examples, outputs["tokens"], prompt_tokens, parsed)
+        for d, hit, example, tokens, n_prompt, json_fields in rows:
+            length = d["tokens_generated"]
+            finish = "stop" if length and int(tokens[length - 1]) in eos else "length"
+            answer = d["answer"]
+            for stop in kwargs.get("stop_strings") or []:
+                if stop in answer:  # OpenAI's rule: the answer ends before the stop string
+                    answer, finish = answer[: answer.index(stop)], "stop"
+            total, used = example.get("pages_total"), example["num_pages"]
+            result_class = GenerationResult if constraint is None else JsonGenerationResult
+            results.append(result_class(
+                answer, d["score"], length,
+                inference_time_ms=round((example.get("prepare_s", 0.0) + model_s) * 1000),
+                queue_time_ms=round(max(0.0, locked - example.get("prepared_at", locked)) * 1000),
+                pages_used=used, pages_total=total, truncated=example["truncated"],
+                cache_hit=hit, finish_reason=finish, prompt_tokens=int(n_prompt), **json_fields,
+            ))
+        return results
 
     def _inputs(self, examples: list[dict], prefix_cache: bool = True) -> tuple[dict, list[bool]]:
         """Model inputs for a batch: pixels without the cache; cached vision features (and, for one example, the
@@ -504,6 +612,8 @@ class InstructionEngine:
             layout = {
                 "images_spatial_crop": example["images_spatial_crop"],
                 "num_image_tokens": torch.tensor([len(f) for f in features]),
+                "pages_total": example.get("pages_total"),
+                "truncated": example.get("truncated", False),
             }
             entry = _Entry(torch.cat(features), layout)
         if prefix and entry.prefix is None:
@@ -524,6 +634,5 @@ class InstructionEngine:
 
 __all__ = [
     "DEFAULT_MODEL_PATH", "DocumentCache", "DocumentText", "GenerationResult", "InstructionEngine", "JsonGenerationResult",
-    "TextStream",
-    "document_key", "source_key",
+    "TextStream", "check_text", "document_key", "source_key",
 ]

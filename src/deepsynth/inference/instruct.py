@@ -6,8 +6,10 @@
         [--repetition-guard [--guard-ngram-size 30] [--guard-window-size 90]]
 
 --document is a file (.txt/.md, .pdf, .png/.jpg, ...) when such a file exists, otherwise the text itself.
---json prints {answer, confidence, tokens_generated, inference_time_ms}; --stream prints the answer as it is written.
-Exit status 2 on bad input (missing file, empty instruction, ...).
+--json prints {answer, confidence, tokens_generated, inference_time_ms, queue_time_ms, pages_used, pages_total,
+truncated}; --stream prints the answer as it is written. A document longer than the model's page limit is read up
+to its first pages, with a notice on stderr. Exit status 2 on bad input (missing file, empty instruction, a
+temperature that is not a finite number >= 0, text that is not valid Unicode, ...).
 
 Structured extraction: --schema schema.json (a JSON Schema file, or its JSON text) or --fields revenue,growth
 constrains the answer to JSON of that schema and prints the object (one line); with --json, the whole result
@@ -73,7 +75,10 @@ def main(argv=None) -> int:
         else:
             result = engine.generate_result(args.document, args.instruction, args.max_length, args.temperature, **extra)
     except (FileNotFoundError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, f"error: {_printable(str(e))}\n")
+    if result.truncated:
+        print(f"notice: the document has more than {result.pages_used} pages; only the first {result.pages_used} "
+              f"were read (the model's page limit)", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     elif not args.stream:
@@ -104,7 +109,7 @@ def extract_json(parser, args) -> int:
         result = engine.generate_json(args.document, args.instruction, schema, args.max_length, args.temperature,
                                       fields=fields)
     except (OSError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, f"error: {_printable(str(e))}\n")
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
     elif result.json_error is None:
@@ -115,6 +120,11 @@ def extract_json(parser, args) -> int:
         print(f"error: {result.json_error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _printable(message: str) -> str:
+    """A message that quotes bad input (a lone surrogate) must still print."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 
 const $ = (id) => document.getElementById(id);
 
-// Instruction templates: text and the temperature the guide recommends for the task.
+// Instruction templates. They leave the temperature alone: like the API and the CLI, the UI is greedy (0) unless
+// the user asks for sampling (the guide suggests 0.3 for Q&A, 0.7 for summaries).
 const TEMPLATES = {
-  qa: { text: "What are the key findings?", temperature: 0.3 },
-  summary: { text: "Summarize focusing only on revenue trends", temperature: 0.7 },
-  extraction: { text: "Extract all revenue numbers and growth rates", temperature: 0 },
-  json: { text: "Extract these fields from the document as JSON.", temperature: 0 },
+  qa: { text: "What are the key findings?" },
+  summary: { text: "Summarize focusing only on revenue trends" },
+  extraction: { text: "Extract all revenue numbers and growth rates" },
+  json: { text: "Extract these fields from the document as JSON." },
 };
 
 // ---- tabs -------------------------------------------------------------------------------------------------------
@@ -31,10 +32,7 @@ document.querySelectorAll('input[name="source"]').forEach((radio) => {
 $("template").addEventListener("change", () => {
   $("json-box").hidden = $("template").value !== "json";
   const template = TEMPLATES[$("template").value];
-  if (template) {
-    $("instruction").value = template.text;
-    $("temperature").value = template.temperature;
-  }
+  if (template) $("instruction").value = template.text;
 });
 
 $("api-key").value = localStorage.getItem("deepsynth-api-key") || "";
@@ -85,7 +83,10 @@ async function errorMessage(response) {
   try {
     const data = await response.json();
     if (Array.isArray(data.detail)) {
-      return data.detail.map((e) => `${e.loc.filter((p) => p !== "body").join(".")}: ${e.msg}`).join("; ");
+      return data.detail.map((e) => {
+        const where = e.loc.filter((p) => p !== "body").join(".");
+        return where ? `${where}: ${e.msg}` : e.msg;
+      }).join("; ");
     }
     return data.detail || response.statusText;
   } catch (e) {
@@ -93,7 +94,16 @@ async function errorMessage(response) {
   }
 }
 
+// A document longer than the page limit is read up to its first pages: say so, never silently.
+function showTruncation(used, total, truncated) {
+  $("notice").textContent = truncated
+    ? `Only the first ${used}${total == null ? "" : ` of ${total}`} pages were read (the model's page limit); the rest was ignored.`
+    : "";
+  $("notice").hidden = !truncated;
+}
+
 function showResult(result) {
+  showTruncation(result.pages_used, result.pages_total, result.truncated);
   $("confidence").textContent = result.confidence.toFixed(3);
   $("time").textContent = `${result.inference_time_ms} ms`;
   $("tokens").textContent = String(result.tokens_generated);
@@ -124,6 +134,7 @@ async function readEvents(response, onEvent) {
 
 async function generate() {
   showError("");
+  showTruncation(0, 0, false);
   let request;
   if (!$("instruction").value.trim()) return showError("Enter a question or instruction.");
   try {
@@ -162,6 +173,7 @@ async function previewPages() {
   const response = await fetch(request.url, request.init);
   if (!response.ok) return showError(await errorMessage(response));
   const data = await response.json();
+  if (data.truncated) showTruncation(data.page_count, data.pages_total, true);
   for (const page of data.pages) {
     const img = document.createElement("img");
     img.src = page.png;
