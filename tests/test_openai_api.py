@@ -173,3 +173,34 @@ def test_raw_bad_bodies_get_openai_errors(server, model_id):
     for body in (b"{not json", b'{"model": "\xff"}', b"[]"):
         r = requests.post(url, headers={**auth, "Content-Type": "application/json"}, data=body)
         assert 400 <= r.status_code < 500 and set(r.json()["error"]) == {"message", "type", "param", "code"}, r.text
+
+
+JSON_SCHEMA = {"type": "object", "properties": {"revenue": {"type": "string", "maxLength": 8},
+                                                "quarter": {"type": "integer", "minimum": 1, "maximum": 4}},
+               "required": ["revenue", "quarter"], "additionalProperties": False}
+
+
+def test_response_format_json_schema_is_the_engines_constrained_answer(client, model_id, engine):
+    instruction = "Extract the revenue and the quarter."
+    completion = client.chat.completions.create(
+        model=model_id, messages=chat(DOC_A, instruction), max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "report", "schema": JSON_SCHEMA}})
+    expected = engine.generate_json(DOC_A, instruction, JSON_SCHEMA, max_length=60)
+    assert expected.json_error is None and set(expected.json) == {"revenue", "quarter"}
+    assert completion.choices[0].message.content == expected.answer
+    assert completion.model_extra["deepsynth"]["json"] == expected.json
+    # unconstrained, the same random model writes no such object
+    free = client.chat.completions.create(model=model_id, messages=chat(DOC_A, instruction), max_tokens=60)
+    assert free.choices[0].message.content != expected.answer
+
+
+def test_response_format_errors_are_openai_400s(client, model_id):
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object",
+                                                                          "properties": {"a": {"type": "strng"}}}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model_id, messages=chat(DOC_A, "q"), max_tokens=4, response_format=bad)
+    assert "strng" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=model_id, messages=chat(DOC_A, "q"), max_tokens=4, stream=True,
+                                       response_format={"type": "json_object"})
+    assert "not streamed" in err.value.body["message"]

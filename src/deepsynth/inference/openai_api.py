@@ -10,6 +10,10 @@ LAST text part is the instruction; every other part is the document, in order:
   - `file` parts: `{"file": {"file_data": "data:application/pdf;base64,...", "filename": "report.pdf"}}`, a PDF,
     an image, or UTF-8 text (text/plain, text/markdown, or a .txt/.md filename).
 Sampling: `temperature` omitted or 0 is greedy (as everywhere in DeepSynth, unlike OpenAI's default of 1).
+Structured output: `response_format: {"type": "json_schema", "json_schema": {"name", "schema"}}` (or
+`{"type": "json_object"}`: any object) constrains decoding to JSON valid under the schema (`generate_json`, the same
+xgrammar constraint as the REST /extract-json endpoint); the content is the JSON text and `deepsynth` adds the
+parsed `json`, `field_confidence` and `json_error`. Not with `stream` (the object is returned whole).
 Answers carry an extra `deepsynth` object: confidence, pages_used, pages_total, truncated, inference_time_ms,
 queue_time_ms. Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
 """
@@ -21,9 +25,10 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
 
@@ -88,6 +93,26 @@ class StreamOptions(_Strict):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(_Strict):
+    name: StrictStr
+    schema_: dict[str, Any] = Field(alias="schema", description="A JSON Schema (Draft 2020-12)")
+    description: StrictStr | None = None
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    def schema_or_none(self) -> dict | None:
+        """The schema the answer must follow (None: free text)."""
+        if self.type == "json_schema":
+            if self.json_schema is None:
+                raise HTTPException(400, "response_format: type 'json_schema' needs a json_schema object")
+            return self.json_schema.schema_
+        return {"type": "object"} if self.type == "json_object" else None
+
+
 class ChatCompletionRequest(_Strict):
     model: StrictStr = Field(description="The served model's id (GET /v1/models)")
     messages: list[Message] = Field(min_length=1)
@@ -99,6 +124,7 @@ class ChatCompletionRequest(_Strict):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] | None = Field(None, description="one answer per request")
+    response_format: ResponseFormat | None = None
     user: StrictStr | None = None
 
     @field_validator("stop")
@@ -230,6 +256,19 @@ def add_openai_routes(app: FastAPI, serving, require_key) -> None:
             raise HTTPException(400, str(e)) from None
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": completion_id, "created": created, "model": model_id}
+        schema = request.response_format.schema_or_none() if request.response_format else None
+        if schema is not None:
+            if request.stream:
+                raise HTTPException(400, "response_format json_schema / json_object is not streamed: the object is "
+                                         "returned whole (set stream to false)")
+            result = await _constrained_answer(serving, document, instruction, schema, max_tokens,
+                                               request.temperature, **extra)
+            extras = {**_extra(result), "json": result.json, "field_confidence": result.field_confidence,
+                      "json_error": result.json_error}
+            return {**head, "object": "chat.completion", "choices": [{
+                "index": 0, "message": {"role": "assistant", "content": result.answer},
+                "finish_reason": result.finish_reason, "logprobs": None,
+            }], "usage": _usage(result), "deepsynth": extras}
         if not request.stream:
             try:
                 result = await serving.answer(raw, document, instruction, max_tokens, request.temperature, **extra)
@@ -246,6 +285,19 @@ def add_openai_routes(app: FastAPI, serving, require_key) -> None:
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         return StreamingResponse(_chunks(serving, pieces, head, extra.get("stop_strings") or [], include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _constrained_answer(serving, document, instruction, schema, max_tokens, temperature, **extra):
+    """One schema-constrained answer (each schema is its own constraint: not batched), in a worker thread; a bad
+    schema is the client's error (400, naming the problem)."""
+    with serving.gate.slot():
+        try:
+            if isinstance(document, str):
+                document = DocumentText(document)
+            return await run_in_threadpool(serving.engine.generate_json, document, instruction, schema, max_tokens,
+                                           temperature, **extra)
+        except ValueError as e:
+            raise HTTPException(400, f"response_format: {e}") from None
 
 
 async def _chunks(serving, pieces, head: dict, stops: list[str], include_usage: bool):
