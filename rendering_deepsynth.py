@@ -24,7 +24,7 @@ def check_unicode(text: str, what: str = "text") -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ValueError(
-            f"{what} is not valid Unicode: a lone surrogate {text[e.start]!r} at position {e.start}"
+            f"{what} is not valid Unicode text: lone surrogate {text[e.start]!r} at position {e.start}"
         ) from None
 
 

@@ -41,6 +41,7 @@ except ImportError:  # a source checkout run with PYTHONPATH=./src: the remote-c
 from generation_deepsynth import repetition_guard, resolve_guard_kwarg  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 from processing_deepsynth import DeepSynthProcessor, DocumentText, names_a_file  # noqa: E402
+from rendering_deepsynth import check_unicode  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -239,15 +240,11 @@ class _Cancelled(StoppingCriteria):
         return torch.tensor([e.is_set() for e in self.events], dtype=torch.bool, device=input_ids.device)
 
 
-def check_text(name: str, text: str) -> str:
-    """ValueError for text that is not valid Unicode (a lone surrogate such as "\\ud800" cannot be encoded)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(
-            f"{name} is not valid Unicode text: lone surrogate {text[e.start]!r} at position {e.start}"
-        ) from None
-    return text
+def check_document_text(document) -> None:
+    """ValueError for document text that is not valid Unicode, before it is hashed for the cache or rendered."""
+    for part in document if isinstance(document, (list, tuple)) else [document]:
+        if isinstance(part, str):
+            check_unicode(part, "document")
 
 
 class TextStream:
@@ -442,9 +439,7 @@ class InstructionEngine:
 
     def document_pages(self, document) -> tuple[list, int | None, bool]:
         """(pages the model reads, pages the document has or None if unknown, truncated)."""
-        for part in document if isinstance(document, (list, tuple)) else [document]:
-            if isinstance(part, str):
-                check_text("document", part)
+        check_document_text(document)
         return self._document_pages(document)
 
     def cache_stats(self) -> dict | None:
@@ -512,12 +507,10 @@ class InstructionEngine:
         started = time.perf_counter()
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction must be a non-empty string, got {instruction!r:.80}")
-        check_text("instruction", instruction)
+        check_unicode(instruction, "instruction")
         if document is None or (isinstance(document, str) and not document.strip()):
             raise ValueError("document is empty")
-        for part in document if isinstance(document, (list, tuple)) else [document]:
-            if isinstance(part, str):
-                check_text("document", part)
+        check_document_text(document)
         key = source_key(document) if self.cache is not None else None
         entry = self.cache.get(key, count=False) if key is not None else None
         if entry is not None and entry.layout is not None:  # seen before: no rendering, no pixels
@@ -634,5 +627,5 @@ class InstructionEngine:
 
 __all__ = [
     "DEFAULT_MODEL_PATH", "DocumentCache", "DocumentText", "GenerationResult", "InstructionEngine", "JsonGenerationResult",
-    "TextStream", "check_text", "document_key", "source_key",
+    "TextStream", "document_key", "source_key",
 ]
