@@ -252,19 +252,19 @@ class TextStream:
     iteration ends. The joined pieces equal `result.answer` (leading/trailing whitespace is held back like the
     answer's strip()). Iterate it once; leaving the loop early (or `close()`) stops the generation."""
 
-    def __init__(self, engine: "InstructionEngine", example: dict, generate_kwargs: dict, started: float):
+    def __init__(self, engine: "InstructionEngine", example: dict, generate_kwargs: dict):
         self.result: GenerationResult | None = None
         self._error: BaseException | None = None
         self._cancel = threading.Event()
         self._streamer = TextIteratorStreamer(engine._decoder, skip_prompt=True, skip_special_tokens=True)
         stop = StoppingCriteriaList([_Cancelled(self._cancel)])
         kwargs = dict(generate_kwargs, streamer=self._streamer, stopping_criteria=stop)
-        self._thread = threading.Thread(target=self._work, args=(engine, example, kwargs, started), daemon=True)
+        self._thread = threading.Thread(target=self._work, args=(engine, example, kwargs), daemon=True)
         self._thread.start()
 
-    def _work(self, engine, example, kwargs, started):
+    def _work(self, engine, example, kwargs):
         try:
-            self.result = engine._run([example], kwargs, started)[0]
+            self.result = engine._run([example], kwargs)[0]
         except BaseException as e:  # handed to the reader, who would otherwise wait forever
             self._error = e
             self._streamer.end()
@@ -376,9 +376,8 @@ class InstructionEngine:
         self, document, instruction: str, max_length: int = 256, temperature: float | None = None, **generate_kwargs
     ) -> GenerationResult:
         """Like `generate`, with confidence, token count and time."""
-        started = time.perf_counter()
         kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
-        return self._run([self._example(document, instruction)], kwargs, started)[0]
+        return self._run([self._example(document, instruction)], kwargs)[0]
 
     def generate_batch(
         self, documents, instructions, max_length: int = 256, temperature: float | None = None, **generate_kwargs
@@ -390,7 +389,6 @@ class InstructionEngine:
     def generate_batch_results(
         self, documents, instructions, max_length: int = 256, temperature: float | None = None, **generate_kwargs
     ) -> list[GenerationResult]:
-        started = time.perf_counter()
         if not isinstance(documents, (list, tuple)) or not isinstance(instructions, (list, tuple)):
             raise ValueError("generate_batch takes a list of documents and a list of instructions")
         if not documents or len(documents) != len(instructions):
@@ -398,16 +396,15 @@ class InstructionEngine:
                 f"need non-empty lists of equal length, got {len(documents)} documents and {len(instructions)} instructions"
             )
         kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
-        return self._run([self._example(d, i) for d, i in zip(documents, instructions)], kwargs, started)
+        return self._run([self._example(d, i) for d, i in zip(documents, instructions)], kwargs)
 
     def stream(
         self, document, instruction: str, max_length: int = 256, temperature: float | None = None, **generate_kwargs
     ) -> TextStream:
         """Iterate the answer as it is generated: `for piece in engine.stream(doc, q): print(piece, end="")`.
         Bad input raises here, before anything is generated; `.result` is set once the iteration ends."""
-        started = time.perf_counter()
         kwargs = self._generate_kwargs(max_length, temperature, generate_kwargs)
-        return TextStream(self, self._example(document, instruction), kwargs, started)
+        return TextStream(self, self._example(document, instruction), kwargs)
 
     # ---- serving building blocks: a server prepares requests in its own threads and batches them -------------
     def generation_kwargs(self, max_length: int = 256, temperature: float | None = None, **generate_kwargs) -> dict:
@@ -526,11 +523,11 @@ class InstructionEngine:
         return example
 
     def _run(
-        self, examples: list[dict], generate_kwargs: dict, started: float | None = None,
+        self, examples: list[dict], generate_kwargs: dict,
         cancel: list[threading.Event] | None = None, constraint=None,
     ) -> list[GenerationResult]:
         """One generate() call for all examples, under the model lock. Times come from each example (its own
-        rendering, its wait for the lock), so `started` is not needed. cancel: one event per example; a set event
+        rendering, its wait for the lock). cancel: one event per example; a set event
         ends that row early (its client went away). constraint: the JSON constraint `generate_kwargs` decode under
         (`generate_json`): the results are `JsonGenerationResult`s with the parsed object."""
         kwargs = dict(generate_kwargs)
