@@ -3,7 +3,6 @@ LoRA + merge, DeepSpeed ZeRO-2/3, two processes, kill-and-resume."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_checkpoint import make_tiny_checkpoint  # noqa: E402
 
+from _training_helpers import write_tiny_original_folder, write_tiny_qwen3  # noqa: E402
 from deepsynth.data.synthetic import generate_split  # noqa: E402
 
 
@@ -141,52 +141,11 @@ def test_predict_with_beam_search(work):
     assert [p["prediction"] for p in predictions] == expected
 
 
-def tiny_original_folder(work) -> Path:
-    """An ORIGINAL-layout DeepSeek-OCR folder: the fixture's weights, an original-style config.json, a tokenizer."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from deepsynth.tokenization import build_decoder_tokenizer
-
-    folder = work / "deepseek-ocr-tiny"
-    if folder.exists():
-        return folder
-    folder.mkdir()
-    fixture = ROOT / "tests" / "fixtures" / "deepseek-ocr-reference"
-    shutil.copy(fixture / "model.safetensors", folder / "model.safetensors")
-    ref = json.loads((fixture / "reference_config.json").read_text())
-    dec = ref["decoder"]
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "moe_intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "n_routed_experts", "n_shared_experts",
-            "num_experts_per_tok", "first_k_dense_replace", "topk_method", "rms_norm_eps", "use_mla")
-    sam, clip = ref["sam"], ref["clip"]
-    vision = {"width": {  # the original config's layout; window/neck/pos-embed size are given for the tiny model
-        "sam_vit_b": {"width": sam["embed_dim"], "layers": sam["depth"], "heads": sam["num_heads"],
-                      "global_attn_indexes": sam["global_attn_indexes"], "downsample_channels": sam["downsample_channels"],
-                      "window_size": sam["window_size"], "neck_channels": sam["neck_channels"],
-                      "image_size": sam["img_size_for_pos_embed"]},
-        "clip-l-14-224": {"width": clip["hidden_size"], "layers": clip["num_layers"], "heads": clip["num_attention_heads"],
-                          "intermediate_size": clip["ffn_hidden_size"], "image_size": clip["image_size"],
-                          "patch_size": clip["patch_size"]},
-    }}
-    original = {"model_type": "deepseek_vl_v2", "language_config": {k: dec[k] for k in keys}, "vision_config": vision}
-    (folder / "config.json").write_text(json.dumps(original))
-    build_decoder_tokenizer(vocab_size=500).save_pretrained(folder)
-    return folder
-
-
-def test_guide_config_json_runs_as_written(work):
+def test_guide_config_json_runs_as_written(work, fixture_dir):
     """The guide's config.json with only the model ids swapped for local folders (no hub here): a DeepSeek-OCR
     checkpoint in the original layout + a Qwen3 text encoder, trainable, bf16 requested (fp32 on CPU)."""
-    from transformers import Qwen3Config, Qwen3Model
-
-    original = tiny_original_folder(work)
-    qwen = work / "qwen3-tiny"
-    if not qwen.exists():
-        torch.manual_seed(0)
-        Qwen3Model(Qwen3Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=2, num_key_value_heads=1, head_dim=16)).save_pretrained(qwen)
-        from deepsynth.tokenization import build_decoder_tokenizer
-
-        build_decoder_tokenizer(vocab_size=512).save_pretrained(qwen)
+    original = write_tiny_original_folder(fixture_dir, work / "deepseek-ocr-tiny")
+    qwen = write_tiny_qwen3(work / "qwen3-tiny")
     out = work / "models" / "deepsynth-qa"
     config = {
         "model_name": str(original),
