@@ -29,6 +29,9 @@ GEOMETRIES = {  # page px, font file and px, line pitch (= one vision cell), cha
                          max_pages=4, slots=4, config=HERE / "model_config.json"),
     "fixed_pitch": dict(page=256, font_file="DejaVuSansMono.ttf", font=13, pitch=16, char_pitch=8, margin=0,
                         max_pages=2, slots=2, config=HERE / "experiment_fixed_pitch" / "model_config.json"),
+    # issue 16's redesign (recipes/demo/grid): the fixed pitch, 4 pages (2,048 characters), byte vocabulary (261)
+    "byte_grid": dict(page=256, font_file="DejaVuSansMono.ttf", font=13, pitch=16, char_pitch=8, margin=0,
+                      max_pages=4, slots=2, config=HERE / "grid" / "model_config.json"),
 }
 
 

@@ -1,0 +1,142 @@
+"""Stage V of the byte-grid recipe (issue 16): the vision tower learns to write, for every cell of a rendered page,
+the cell embedding that stage T's decoder reads (`grid_text_stage.py`), so the decoder's locate-and-copy runs on
+pixels unchanged. Only SAM, CLIP and the vision projector train (MSE to the frozen cell embeddings); no decoder
+compute. Pages: half business documents of the generator, half random characters (no language prior to lean on).
+
+    python recipes/demo/grid_align_stage.py --processor runs/grid/processor --cells runs/grid/cells.pt \
+        --out runs/grid/V --steps 2000
+
+The cell code is fixed (`--cells`, shared with stage T), so this runs beside stage T. Reports the MSE and the
+cell accuracy (a projected cell decoded to the nearest code among the distinct cells of the batch; all cells and
+cells with a character). Writes `vision.pt` (SAM, CLIP, projector), which stage J puts under stage T's decoder.
+Resumes from OUT/state.pt.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from grid_text_stage import build  # noqa: E402  (also puts the repo on sys.path)
+
+from deepsynth.data.synthetic import iter_examples, random_lines_split  # noqa: E402
+from deepsynth.training.labels import char_cell_labels  # noqa: E402
+
+
+def page_stream(seed: int):
+    """Endless rows: a generator document, then a page of random characters, alternately."""
+    docs = iter_examples("train", 10**9, seed=seed, tasks=("transcription",), invented_names=0.5)
+    chunk = 0
+    while True:
+        randoms = random_lines_split("train", 256, seed=seed * 1000 + chunk, lines=(2, 16), chars=(4, 32))
+        chunk += 1
+        for row in randoms:
+            yield next(docs)[0]["text"]
+            yield row["text"]
+
+
+def targets_and_pixels(ip, cells, texts):
+    labels = [char_cell_labels(ip, t) for t in texts]  # (P, g, g, slots) each
+    pixels = torch.cat([ip.preprocess(t)["pixel_values"] for t in texts])  # (sum P, 3, S, S)
+    lab = torch.cat(labels)  # (sum P, g, g, slots)
+    with torch.no_grad():
+        target = cells(lab).flatten(1, 2)  # (sum P, g*g, D)
+    return pixels, lab.flatten(1, 2), target
+
+
+def cell_accuracy(feats, lab, cells) -> tuple[float, float]:
+    """(all cells, cells with a character): how often a projected cell is nearest to the code of its own
+    characters among the distinct cells of the same batch."""
+    flat = lab.reshape(-1, lab.shape[-1])
+    keys, inverse = torch.unique(flat, dim=0, return_inverse=True)
+    with torch.no_grad():
+        nearest = torch.cdist(feats.reshape(-1, feats.shape[-1]), cells(keys)).argmin(-1)
+    right, inked = nearest == inverse, flat.gt(0).any(-1)
+    return right.float().mean().item(), right[inked].float().mean().item()
+
+
+def vision_state(model) -> dict:
+    """What stage V trains: SAM + CLIP (`vision_tower.*`) and the projector, under their names in the model."""
+    return {k: v for k, v in model.state_dict().items()
+            if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--processor", required=True)
+    parser.add_argument("--config", default=str(HERE / "grid" / "model_config.json"))
+    parser.add_argument("--cells", type=Path, required=True, help="the cell code shared with stage T (made if absent)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--hidden", type=int, help="decoder width = the code's size (default: the config's); as stage T")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=8, help="pages per step")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--data-seed", type=int, default=7)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    args.layers = None  # the decoder is not used here; its width is the projector's and the code's
+    model, processor, cells = build(args)
+    ip = processor.image_processor
+    base = model.model
+    model.requires_grad_(False)
+    params = list(base.vision_tower.parameters()) + list(base.multi_modal_projector.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    torch.manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_file, log_file = args.out / "state.pt", args.out / "log.jsonl"
+    step = 0
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+    stream = page_stream(args.data_seed)
+    for _ in range(step * args.batch):
+        next(stream)
+    base.vision_tower.train()
+    started, losses = time.time(), []
+    while step < args.steps:
+        texts = [next(stream) for _ in range(args.batch)]
+        pixels, lab, target = targets_and_pixels(ip, cells, texts)
+        feats = base.multi_modal_projector(base.vision_tower(pixels).last_hidden_state)  # (n, g*g, D)
+        loss = F.mse_loss(feats, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        losses.append(loss.item())
+        if step % 25 == 0 or step == args.steps:  # and always the last step: its state is saved
+            acc, inked = cell_accuracy(feats.detach(), lab, cells)
+            record = {"step": step, "mse": round(sum(losses) / len(losses), 4), "cell_acc": round(acc, 4),
+                      "inked_cell_acc": round(inked, 4),
+                      "s_per_step": round((time.time() - started) / len(losses), 3)}
+            losses, started = [], time.time()
+            print(json.dumps(record), flush=True)
+            with open(log_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if step % 250 == 0 or step == args.steps:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "step": step}, state_file)
+    torch.save(vision_state(model), args.out / "vision.pt")
+    print(f"stage V -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Stage T of the byte-grid recipe (issue 16): the decoder learns to locate and copy on the page grid, from text.
+
+No pixels: each vision cell of a rendered page is replaced by the sum of learned embeddings of the characters the
+renderer put in its slots (`char_cell_labels`; fixed pitch: 2 characters a cell), laid out exactly as the vision
+rows are (rows + `image_newline`, `view_separator`, `<image>` placeholders of the real prompt), and the instruction
+goes through the real frozen MiniLM and the instruction projector. The decoder (byte vocabulary) answers as it
+will from pages. Vision compute is zero, so locate-and-copy is learned where it is cheap; stage V then trains
+the vision tower to produce these same cell embeddings (`grid_align_stage.py`).
+
+    python recipes/demo/grid_text_stage.py --processor runs/grid/processor --cells runs/grid/cells.pt --out runs/grid/T --steps 6000
+
+Training-only machinery: the saved `model.safetensors` is a plain DeepSynth checkpoint (random vision tower);
+`--cells` is the fixed cell code, shared with stage V. Resumes from `OUT/state.pt` when rerun.
+"""
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[2]
+for path in (ROOT, ROOT / "src"):
+    sys.path.insert(0, str(path))
+
+from configuration_deepsynth import DeepSynthConfig  # noqa: E402
+from modeling_deepsynth import DeepSynthForConditionalGeneration, DeepSynthModel  # noqa: E402
+from processing_deepsynth import DeepSynthProcessor  # noqa: E402
+from run_instruct import resolve_encoder_name, set_instruction_encoder  # noqa: E402
+
+from deepsynth.data.synthetic import iter_examples  # noqa: E402
+from deepsynth.evaluation.metrics import exact_match, f1_score  # noqa: E402
+from deepsynth.training.labels import char_cell_labels  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+# Transcription is left to stage V (reading): with bytes its targets are ~300 tokens, half the compute for no copying.
+ANSWERING = ("qa", "extraction", "qa", "extraction", "summary")
+EVAL_SPLITS = ("test_values", "test_paraphrases", "test_layouts")
+
+
+class CellEmbedder(nn.Module):
+    """(..., slots) character classes of a cell (0 = empty slot) -> (..., D): one embedding table per slot, summed.
+
+    A fixed random code (frozen, from a seed, saved as `cells.pt`): random vectors in D >= 128 dimensions are
+    nearly orthogonal, so the code is as readable as a learned one, and stage V (the vision tower learning to
+    write it) can run beside stage T instead of after it."""
+
+    def __init__(self, num_classes: int, slots: int, dim: int, seed: int = 0):
+        super().__init__()
+        self.slots = nn.ModuleList(nn.Embedding(num_classes, dim) for _ in range(slots))
+        gen = torch.Generator().manual_seed(seed)
+        for table in self.slots:
+            table.weight.data = 0.5 * torch.randn(table.weight.shape, generator=gen)  # ~ projected vision scale
+        self.requires_grad_(False)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return sum(table(labels[..., s]) for s, table in enumerate(self.slots))
+
+    @classmethod
+    def for_processor(cls, processor, dim: int, path: Path | None = None) -> "CellEmbedder":
+        """The code of `path` when it exists, else a new one (seed 0), written to `path`."""
+        ip = processor.image_processor
+        cells = cls(len(ip.ocr_charset) + 1, ip.ocr_cell_slots, dim)
+        if path is not None and path.exists():
+            state = torch.load(path)
+            if state["slots.0.weight"].shape != cells.slots[0].weight.shape:
+                raise ValueError(f"{path} is a code of shape {tuple(state['slots.0.weight'].shape)}; this decoder "
+                                 f"and processor need {tuple(cells.slots[0].weight.shape)} (pass another --cells)")
+            cells.load_state_dict(state)
+        elif path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(cells.state_dict(), path)
+        return cells
+
+
+def decoder_overrides(config: dict, hidden: int | None, layers: int | None) -> dict:
+    """Decoder size from the command line: head size stays 32 (the smallest vLLM's CPU attention takes)."""
+    tc = config["text_config"]
+    if hidden:
+        tc.update(hidden_size=hidden, intermediate_size=3 * hidden, moe_intermediate_size=hidden,
+                  num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32)
+    if layers:
+        tc.update(num_hidden_layers=layers, mlp_layer_types=["dense"] * layers)
+    return config
+
+
+def build(args):
+    processor = DeepSynthProcessor.from_pretrained(args.processor)
+    config = decoder_overrides(json.loads(Path(args.config).read_text()), args.hidden, args.layers)
+    torch.manual_seed(args.seed)
+    model = DeepSynthForConditionalGeneration(DeepSynthConfig.from_dict(config))
+    model, processor = set_instruction_encoder(model, processor, resolve_encoder_name("minilm"))
+    cells = CellEmbedder.for_processor(processor, model.config.text_config.hidden_size, args.cells)
+    return model, processor, cells
+
+
+class GridBatcher:
+    """Rows -> decoder inputs with the page grid as cell embeddings; frozen encoder states cached per instruction."""
+
+    def __init__(self, model, processor, cells):
+        self.model, self.processor, self.cells = model, processor, cells
+        self.ip = processor.image_processor
+        self.tokens_per_page = None
+        self.encoder_cache: dict[tuple, torch.Tensor] = {}
+
+    def example(self, row: dict, with_answer: bool = True) -> dict:
+        labels = char_cell_labels(self.ip, row["text"])  # (P, g, g, slots)
+        g = labels.shape[1]
+        vision = {"images_spatial_crop": torch.ones(len(labels), 2, dtype=torch.long),
+                  "num_image_tokens": torch.full((len(labels),), g * (g + 1) + 1)}
+        ex = self.processor.encode_example(row["text"], row["instruction"],
+                                           row["answer"] if with_answer else None, vision=vision)
+        ex["cell_labels"] = labels
+        return ex
+
+    def instruction_rows(self, examples) -> torch.Tensor:
+        enc = self.model.model.instruction_encoder
+        states = []
+        for ex in examples:
+            key = tuple(ex["instruction_input_ids"])
+            if key not in self.encoder_cache:
+                with torch.no_grad():
+                    ids = torch.tensor([key])
+                    self.encoder_cache[key] = enc(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0]
+            states.append(self.encoder_cache[key])
+        return self.model.model.instruction_projector(torch.cat(states))  # (N_instruction_tokens, D)
+
+    def page_rows(self, examples, noise: float = 0.0) -> torch.Tensor:
+        base = self.model.model
+        rows = []
+        for ex in examples:
+            grid = self.cells(ex["cell_labels"])  # (P, g, g, D)
+            if noise:
+                grid = grid + noise * torch.randn_like(grid)
+            for page in grid:
+                rows += [base._with_newlines(page), base.view_separator.unsqueeze(0)]
+        return torch.cat(rows)  # (N_image_tokens, D)
+
+    def logits(self, examples, input_ids, attention_mask, noise: float = 0.0) -> torch.Tensor:
+        base, config = self.model.model, self.model.config
+        embeds = base.get_input_embeddings()(input_ids)  # (B, L, D)
+        embeds = DeepSynthModel._splice(embeds, input_ids, config.image_token_id, self.page_rows(examples, noise), "image")
+        embeds = DeepSynthModel._splice(embeds, input_ids, config.instruction_token_id,
+                                        self.instruction_rows(examples), "instruction")
+        hidden = base.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        return self.model.lm_head(hidden)  # (B, L, V)
+
+    def loss(self, rows, noise: float) -> torch.Tensor:
+        examples = [self.example(r) for r in rows]
+        batch = self.processor.collate(examples, padding_side="right")
+        logits = self.logits(examples, batch["input_ids"], batch["attention_mask"], noise)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten())
+
+    @torch.no_grad()
+    def answer(self, row: dict, max_new_tokens: int) -> str:
+        """Greedy, one row, no cache (the rows are short): what the decoder answers from the grid."""
+        ex = self.example(row, with_answer=False)
+        ids = torch.tensor([ex["input_ids"]])
+        eos = self.processor.tokenizer.eos_token_id
+        out = []
+        for _ in range(max_new_tokens):
+            nxt = int(self.logits([ex], ids, torch.ones_like(ids))[0, -1].argmax())
+            if nxt == eos:
+                break
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+        return self.processor.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+def eval_rows(n: int) -> dict[str, list[dict]]:
+    """The card's held-out rows (seed 1): per split, the first `n` Q&A and `n` extraction rows."""
+    out = {}
+    for split in EVAL_SPLITS:
+        rows = [r for r, _ in iter_examples(split, 12 * n, seed=1)]
+        out[split] = [r for r in rows if r["task"] == "qa"][:n] + [r for r in rows if r["task"] == "extraction"][:n]
+    return out
+
+
+def evaluate(batcher, rows_by_split: dict) -> dict:
+    batcher.model.eval()
+    report = {}
+    for split, rows in rows_by_split.items():
+        for task in ("qa", "extraction"):
+            task_rows = [r for r in rows if r["task"] == task]
+            preds = [batcher.answer(r, 32 if task == "qa" else 96) for r in task_rows]
+            report[f"{split}/{task}"] = {
+                "em": round(100 * sum(exact_match(p, r["answer"]) for p, r in zip(preds, task_rows)) / len(task_rows), 1),
+                "f1": round(100 * sum(f1_score(p, r["answer"]) for p, r in zip(preds, task_rows)) / len(task_rows), 1),
+                "example": [task_rows[0]["answer"], preds[0]],
+            }
+    batcher.model.train()
+    return report
+
+
+def trainable(model):
+    """The decoder, the instruction projector and the layout vectors; MiniLM, the vision tower (unused here) and
+    the cell code are frozen."""
+    base = model.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    parts = [base.language_model, base.instruction_projector, model.lm_head]
+    params = [p for part in parts for p in part.parameters()] + [base.image_newline, base.view_separator]
+    for p in params:
+        p.requires_grad_(True)
+    return list({id(p): p for p in params}.values())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--processor", required=True)
+    parser.add_argument("--config", default=str(HERE / "grid" / "model_config.json"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cells", type=Path, required=True, help="the cell code shared with stage V (made if absent)")
+    parser.add_argument("--hidden", type=int, help="decoder width (default: the config's)")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the config's)")
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--noise", type=float, default=0.3, help="Gaussian noise on cell embeddings (vision is noisy)")
+    parser.add_argument("--data-seed", type=int, default=5)
+    parser.add_argument("--invented-names", type=float, default=0.3)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--eval-rows", type=int, default=40)
+    parser.add_argument("--tasks", nargs="+", default=list(ANSWERING), help="generator tasks, cycled")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    model, processor, cells = build(args)
+    params = trainable(model)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_file, log_file = args.out / "state.pt", args.out / "log.jsonl"
+    step = 0
+    if state_file.exists():
+        state = torch.load(state_file, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        step = state["step"]
+        print(f"resumed at step {step}", flush=True)
+    batcher = GridBatcher(model, processor, cells)
+    held_out = eval_rows(args.eval_rows)
+    stream = iter_examples("train", 10**9, seed=args.data_seed, tasks=tuple(args.tasks), invented_names=args.invented_names)
+    for _ in range(step * args.batch):  # replay the data order on resume
+        next(stream)
+    random.seed(args.seed + step)
+    torch.manual_seed(args.seed + step)
+    model.train()
+    started, window = time.time(), []
+    while step < args.steps:
+        rows = [next(stream)[0] for _ in range(args.batch)]
+        loss = batcher.loss(rows, args.noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        window.append(loss.item())
+        if step % 25 == 0 or step == args.steps:  # and always the last step: its state is saved
+            record = {"step": step, "loss": round(sum(window) / len(window), 4), "lr": schedule.get_last_lr()[0],
+                      "s_per_step": round((time.time() - started) / len(window), 3)}
+            window, started = [], time.time()
+            if step % args.eval_every == 0 or step == args.steps:
+                record["eval"] = evaluate(batcher, held_out)
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "step": step}, state_file)
+                started = time.time()
+            print(json.dumps(record), flush=True)
+            with open(log_file, "a") as f:
+                f.write(json.dumps(record) + "\n")
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    print(f"stage T -> {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
