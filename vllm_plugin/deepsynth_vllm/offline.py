@@ -30,23 +30,35 @@ def _configuration_stand_in() -> types.ModuleType:
     return module
 
 
+def _load_file(name: str, path: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @lru_cache(maxsize=8)
 def checkpoint_image_processor(model_dir: str):
-    """The checkpoint's DeepSynthImageProcessor, from its own processing_deepsynth.py."""
+    """The checkpoint's DeepSynthImageProcessor, from its own processing_deepsynth.py (and the renderer it imports,
+    rendering_deepsynth.py, pure Pillow, loaded from the same folder: not whatever module of that name is on
+    sys.path)."""
     path = os.path.join(model_dir, "processing_deepsynth.py")
     if not os.path.isfile(path):
         raise ValueError(f"{model_dir} has no processing_deepsynth.py: pass the pages as images instead")
-    saved = sys.modules.get("configuration_deepsynth")
+    renderer = os.path.join(model_dir, "rendering_deepsynth.py")
+    names = ("configuration_deepsynth", "rendering_deepsynth")
+    saved = {name: sys.modules.get(name) for name in names}
     sys.modules["configuration_deepsynth"] = _configuration_stand_in()
     try:
-        spec = importlib.util.spec_from_file_location("deepsynth_checkpoint_processing", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        if os.path.isfile(renderer):  # older checkpoints render inside processing_deepsynth.py
+            sys.modules["rendering_deepsynth"] = _load_file("rendering_deepsynth", renderer)
+        module = _load_file("deepsynth_checkpoint_processing", path)
     finally:
-        if saved is None:
-            sys.modules.pop("configuration_deepsynth", None)
-        else:
-            sys.modules["configuration_deepsynth"] = saved
+        for name, old in saved.items():
+            if old is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = old
     return module.DeepSynthImageProcessor.from_pretrained(model_dir)
 
 

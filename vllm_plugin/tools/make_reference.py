@@ -2,7 +2,7 @@
 greedy outputs on it as the reference the vLLM plugin's tests check. Runs in the project's own environment
 (transformers 5.24, our remote code); the plugin's tests run in the vLLM environment and only read the files.
 
-    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen3] [--crop]
+    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen2|qwen3] [--crop]
 
 OUTDIR/checkpoint: the checkpoint (decoder head size 32: vLLM's CPU attention needs 32..512).
 OUTDIR/pages/*.png: the page images of the cases. OUTDIR/reference.json: per case the page files (or the text
@@ -55,7 +55,12 @@ def tiny_qwen3_config(vocab_size: int = 30522) -> dict:
     }
 
 
-ENCODERS = {"bert": tiny_bert_config, "qwen3": tiny_qwen3_config}
+def tiny_qwen2_config(vocab_size: int = 30522) -> dict:
+    """Qwen2: biased q/k/v projections and no q/k norms (what sets it apart from Qwen3 in the weights)."""
+    return {**tiny_qwen3_config(vocab_size), "model_type": "qwen2"}
+
+
+ENCODERS = {"bert": tiny_bert_config, "qwen2": tiny_qwen2_config, "qwen3": tiny_qwen3_config}
 
 
 def build_checkpoint(out_dir: Path, fusion: str, seed: int = 0, encoder: str = "bert", crop: bool = False):
