@@ -37,7 +37,7 @@ mkdir -p "$WORK"
 # reference folders (vllm_plugin/tests): name, then make_reference.py's arguments
 for variant in "tokens --fusion tokens" "pooled --fusion pooled" "qwen3 --fusion tokens --encoder qwen3" \
     "qwen2 --fusion tokens --encoder qwen2" \
-    "crop --fusion tokens --crop"; do
+    "crop --fusion tokens --crop" "original --original"; do
   set -- $variant
   name=$1; shift
   if [ ! -f "$WORK/$name/reference.json" ] || [ vllm_plugin/tools/make_reference.py -nt "$WORK/$name/reference.json" ]; then
