@@ -242,7 +242,8 @@ def main():
         work / "vllm.log", plan, args.max_tokens)
     load_end = os.getloadavg()[0]
 
-    rows, results = [], {"machine": machine, "load_avg_1m_end": load_end, "max_tokens": args.max_tokens, "rounds": rounds}
+    rows = []
+    results = {"machine": machine, "load_avg_1m_end": load_end, "max_tokens": args.max_tokens, "rounds": rounds}
     answers = {side: [x["answer"] for r in m["rounds"] for n in LEVELS for x in r[n]["results"]]
                for side, m in (("ours", ours), ("vllm", vllm))}
     same = sum(a == b for a, b in zip(answers["ours"], answers["vllm"]))
@@ -259,7 +260,8 @@ def main():
     results["same_answers"] = [same, len(answers["ours"])]
     cfg = C.load_config(str(checkpoint))
     body = (
-        f"{machine}; 1-min load average at the end {load_end:.2f}. Checkpoint: `small` preset ({C.describe_config(cfg)}), tiny mode (512-px view, 73 vision tokens), "
+        f"{machine}; 1-min load average at the end {load_end:.2f}. Checkpoint: `small` preset "
+        f"({C.describe_config(cfg)}), tiny mode (512-px view, 73 vision tokens), "
         f"random weights, float32. {args.max_tokens} answer tokens per request (every answer measured that long: "
         f"tokens column), greedy; {rounds} round(s) per server after a 2-request warm-up, our server first, then "
         f"vLLM (never both at once); each request a different page. Answers identical between the two servers: "

@@ -17,6 +17,7 @@ the end unless --keep. --profile: both sides print their top ops by self CPU tim
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -124,8 +125,6 @@ def bf16_penalty() -> float:
 
 
 def run_side(cmd: list[str], name: str) -> dict:
-    import os
-
     env = {**os.environ, **SIDE_ENV}
     print(f"[bench_vllm_real] {name}: {' '.join(cmd[1:3])} ...", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=C.REPO, env=env, stdout=subprocess.PIPE, text=True)
@@ -159,7 +158,7 @@ def main():
     try:
         if not (folder / "checkpoint" / "model.safetensors").is_file():
             t0 = time.perf_counter()
-            subprocess.run(me + ["--side", "build"], check=True, cwd=C.REPO, env={**__import__("os").environ, **SIDE_ENV})
+            subprocess.run(me + ["--side", "build"], check=True, cwd=C.REPO, env={**os.environ, **SIDE_ENV})
             print(f"[bench_vllm_real] built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         res = {"ours": run_side(me + ["--side", "ours"], "ours")}
         res["vllm"] = run_side([args.vllm_python, str(C.REPO / "vllm_plugin" / "tools" / "time_page.py"), "--model",
@@ -169,7 +168,7 @@ def main():
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
-    load_end = __import__("os").getloadavg()[0]
+    load_end = os.getloadavg()[0]
     a, b = res["ours"], res["vllm"]
     same = next((i for i, (x, y) in enumerate(zip(a["ids"], b["ids"])) if x != y), len(a["ids"]))
     rows = [

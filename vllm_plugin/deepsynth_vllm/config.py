@@ -141,10 +141,10 @@ def from_original(config: PretrainedConfig, image_token_id: int) -> DeepSynthVll
                   "downsample_channels": sam.get("downsample_channels"), "window_size": sam.get("window_size"),
                   "output_channels": sam.get("neck_channels"), "image_size": sam.get("image_size"),
                   "mlp_dim": sam.get("mlp_dim") or (4 * sam["width"] if sam.get("width") else None)}
+    clip_mlp = clip.get("intermediate_size") or (4 * clip["width"] if clip.get("width") else None)
     clip_config = {"hidden_size": clip.get("width"), "num_hidden_layers": clip.get("layers"),
                    "num_attention_heads": clip.get("heads"), "image_size": clip.get("image_size"),
-                   "patch_size": clip.get("patch_size"),
-                   "intermediate_size": clip.get("intermediate_size") or (4 * clip["width"] if clip.get("width") else None)}
+                   "patch_size": clip.get("patch_size"), "intermediate_size": clip_mlp}
     return DeepSynthVllmConfig(
         vision_config={"sam_config": {k: v for k, v in sam_config.items() if v is not None},
                        "encoder_config": {k: v for k, v in clip_config.items() if v is not None}},

@@ -2,7 +2,8 @@
 greedy outputs on it as the reference the vLLM plugin's tests check. Runs in the project's own environment
 (transformers 5.24, our remote code); the plugin's tests run in the vLLM environment and only read the files.
 
-    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen2|qwen3] [--crop]
+    python vllm_plugin/tools/make_reference.py OUTDIR [--fusion tokens|pooled|none] [--encoder bert|qwen2|qwen3]
+                                               [--crop]
     python vllm_plugin/tools/make_reference.py OUTDIR --original
 
 --original: OUTDIR/checkpoint is an ORIGINAL DeepSeek-OCR folder instead (config.json `deepseek_vl_v2` with

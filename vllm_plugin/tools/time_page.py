@@ -12,6 +12,7 @@ encodes its page again. Decode rate = (N - 1) / (t(N tokens) - t(1 token)): visi
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -70,7 +71,7 @@ def main():
     print(json.dumps({
         "init_s": init_s, "vision_s": vision_seconds[:2], "first_token_s": t_first, "full_s": t_full,
         "decode_tokens_per_s": (args.new_tokens - 1) / (t_full - t_first), "prompt_tokens": prompt_len,
-        "ids": ids, "max_rss_mib": __import__("resource").getrusage(0).ru_maxrss / 1024,
+        "ids": ids, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
 
 
