@@ -36,7 +36,8 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 VLLM_CPU_
 mkdir -p "$WORK"
 # reference folders (vllm_plugin/tests): name, then make_reference.py's arguments
 for variant in "tokens --fusion tokens" "pooled --fusion pooled" "qwen3 --fusion tokens --encoder qwen3" \
-    "crop --fusion tokens --crop"; do
+    "qwen2 --fusion tokens --encoder qwen2" \
+    "crop --fusion tokens --crop" "original --original"; do
   set -- $variant
   name=$1; shift
   if [ ! -f "$WORK/$name/reference.json" ] || [ vllm_plugin/tools/make_reference.py -nt "$WORK/$name/reference.json" ]; then
@@ -44,5 +45,7 @@ for variant in "tokens --fusion tokens" "pooled --fusion pooled" "qwen3 --fusion
   fi
 done
 export DEEPSYNTH_VLLM_REFERENCE=$WORK
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider vllm_plugin/tests "${PYTEST_ARGS[@]}" 2>&1 | tee "$WORK/pytest.log" | tail -n 40
+# -P: the repo root is not on sys.path, so the plugin cannot lean on the repo's remote-code files (as a user's
+# cwd would not provide them)
+"$VENV/bin/python" -P -m pytest -q -p no:cacheprovider vllm_plugin/tests "${PYTEST_ARGS[@]}" 2>&1 | tee "$WORK/pytest.log" | tail -n 40
 exit "${PIPESTATUS[0]}"

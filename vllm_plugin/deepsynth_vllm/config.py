@@ -122,3 +122,44 @@ def _plain(cfg) -> dict:
         return {}
     cfg = cfg if isinstance(cfg, dict) else cfg.to_dict()
     return {k: v for k, v in cfg.items() if k in SAM_DEFAULTS or k in CLIP_DEFAULTS}
+
+
+def from_original(config: PretrainedConfig, image_token_id: int) -> DeepSynthVllmConfig:
+    """An original DeepSeek-OCR folder's config (vLLM's DeepseekVLV2Config, model_type deepseek_vl_v2) as ours,
+    document-only (no instruction encoder): SAM / CLIP sizes from its `vision_config.width` entries (as
+    modeling_deepsynth._vision_config_from_original; every key optional, the released sizes by default), its
+    decoder config unchanged. Used when such a folder is served with the architecture overridden to ours."""
+    if isinstance(config, DeepSynthVllmConfig):
+        return config
+    vision = getattr(config, "vision_config", None)
+    width = getattr(vision, "width", None)
+    width = width if isinstance(width, dict) else {}
+    sam = next((v for k, v in width.items() if k.startswith("sam")), {})
+    clip = next((v for k, v in width.items() if k.startswith("clip")), {})
+    sam_config = {"hidden_size": sam.get("width"), "num_hidden_layers": sam.get("layers"),
+                  "num_attention_heads": sam.get("heads"), "global_attn_indexes": sam.get("global_attn_indexes"),
+                  "downsample_channels": sam.get("downsample_channels"), "window_size": sam.get("window_size"),
+                  "output_channels": sam.get("neck_channels"), "image_size": sam.get("image_size"),
+                  "mlp_dim": sam.get("mlp_dim") or (4 * sam["width"] if sam.get("width") else None)}
+    clip_mlp = clip.get("intermediate_size") or (4 * clip["width"] if clip.get("width") else None)
+    clip_config = {"hidden_size": clip.get("width"), "num_hidden_layers": clip.get("layers"),
+                   "num_attention_heads": clip.get("heads"), "image_size": clip.get("image_size"),
+                   "patch_size": clip.get("patch_size"), "intermediate_size": clip_mlp}
+    return DeepSynthVllmConfig(
+        vision_config={"sam_config": {k: v for k, v in sam_config.items() if v is not None},
+                       "encoder_config": {k: v for k, v in clip_config.items() if v is not None}},
+        text_config=config.text_config, instruction_encoder_config=None, instruction_fusion="none",
+        image_token_id=image_token_id, instruction_token_id=image_token_id,  # no instruction rows without an encoder
+    )
+
+
+def deepsynth_config(model_config) -> DeepSynthVllmConfig:
+    """The served folder's config as ours: a DeepSynth folder's as it is, an original DeepSeek-OCR folder's (served
+    with `hf_overrides={"architectures": ["DeepSynthForConditionalGeneration"]}`) converted, its `<image>` id read
+    from its tokenizer as vLLM's DeepSeek-OCR does."""
+    config = model_config.hf_config
+    if isinstance(config, DeepSynthVllmConfig):
+        return config
+    from vllm.tokenizers import cached_tokenizer_from_config
+
+    return from_original(config, cached_tokenizer_from_config(model_config).vocab["<image>"])

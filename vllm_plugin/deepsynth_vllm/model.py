@@ -17,7 +17,7 @@ from vllm.model_executor.models.deepseek_vl2 import MlpProjector
 from vllm.model_executor.models.utils import init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from .config import DeepSynthVllmConfig
+from .config import DeepSynthVllmConfig, deepsynth_config
 from .processing import (
     INSTRUCTION_TOKEN,
     DeepSynthDummyInputsBuilder,
@@ -25,6 +25,9 @@ from .processing import (
     DeepSynthProcessingInfo,
 )
 from .weights import FAULT_ENV, to_original_layout
+
+
+UNUSED_CLIP_PATCH_CONV = "vision_model.embeddings.patch_embedding.weight"
 
 
 def build_sam(sam: dict) -> ImageEncoderViT:
@@ -90,7 +93,7 @@ class DeepSynthForConditionalGeneration(DeepseekOCRForCausalLM):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
         nn.Module.__init__(self)  # not DeepseekOCRForCausalLM.__init__: it builds SAM-B / CLIP-L whatever the config
-        config: DeepSynthVllmConfig = vllm_config.model_config.hf_config
+        config = deepsynth_config(vllm_config.model_config)
         self.config = config
         self.model_config = vllm_config.model_config
         self.multimodal_config = vllm_config.model_config.multimodal_config
@@ -146,4 +149,6 @@ class DeepSynthForConditionalGeneration(DeepseekOCRForCausalLM):
         raise ValueError("DeepSynth on vLLM does not support cudagraph_mm_encoder; leave it off (the default)")
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return super().load_weights(to_original_layout(weights))
+        # original folders store CLIP's patch conv, which never runs (build_clip): not loaded
+        used = ((n, w) for n, w in to_original_layout(weights) if not n.endswith(UNUSED_CLIP_PATCH_CONV))
+        return super().load_weights(used)

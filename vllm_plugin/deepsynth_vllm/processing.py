@@ -32,6 +32,8 @@ from vllm.multimodal.parse import ImageProcessorItems, ImageSize, MultiModalData
 from vllm.multimodal.processing import BaseMultiModalProcessor, PromptReplacement
 from vllm.transformers_utils.processors.deepseek_ocr import count_tiles, dynamic_preprocess
 
+from .config import deepsynth_config
+
 IMAGE_TOKEN, INSTRUCTION_TOKEN = "<image>", "<instruction>"
 SQUASH_MAX = 640  # as processing_deepsynth: without crop mode, views <= 640 px squash the page, larger letterbox
 FUSION_MODES = ("tokens", "pooled", "none")
@@ -172,8 +174,12 @@ class DeepSynthPageProcessor:
 
 
 class DeepSynthProcessingInfo(DeepseekOCRProcessingInfo):
+    @cached_property
+    def _config(self):
+        return deepsynth_config(self.ctx.model_config)
+
     def get_hf_config(self):
-        return self.ctx.model_config.hf_config
+        return self._config
 
     @cached_property
     def page_processor(self) -> DeepSynthPageProcessor:

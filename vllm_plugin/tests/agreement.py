@@ -18,9 +18,12 @@ def prompt_of(case: dict, uuid: str | None = None) -> dict:
     """uuid: a fresh id per call (made unique per case here), so vLLM's caches do not hand back features computed
     by an earlier request."""
     mm = {"image": case["images"]}
-    if case["instruction"] is not None:
+    text = ""
+    if case["instruction"] is not None and case.get("fused", True):
         mm["instruction"] = case["instruction"]
-    prompt = {"prompt": "", "multi_modal_data": mm}
+    elif case["instruction"] is not None:  # no instruction encoder: the instruction is the prompt's text
+        text = case["instruction"]
+    prompt = {"prompt": text, "multi_modal_data": mm}
     if uuid is not None:
         key = f"{uuid}-{case_name(case)}"
         prompt["multi_modal_uuids"] = {k: [f"{key}-{k}-{i}" for i in range(len(v) if k == "image" else 1)]

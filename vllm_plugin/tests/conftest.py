@@ -15,6 +15,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 MAX_MODEL_LEN = 1024
+ORIGINAL_OVERRIDE = "DeepSynthForConditionalGeneration"
 
 
 def reference_dir(fusion: str) -> Path:
@@ -28,6 +29,7 @@ def reference_dir(fusion: str) -> Path:
 def load_reference(fusion: str) -> dict:
     ref = json.loads((reference_dir(fusion) / "reference.json").read_text())
     for case in ref["cases"]:
+        case["fused"] = ref["fusion"] != "none"
         case["images"] = [Image.open(reference_dir(fusion) / "pages" / n).convert("RGB") for n in case["pages"]]
         if case.get("text"):  # pages rendered by the checkpoint's own processor file (deepsynth_vllm.offline)
             from deepsynth_vllm.offline import checkpoint_image_processor
@@ -43,6 +45,8 @@ def engine_args(fusion: str) -> dict:
     return dict(logits_processors=[NGramPerReqLogitsProcessor],
         model=str(reference_dir(fusion) / "checkpoint"), dtype="float32", max_model_len=MAX_MODEL_LEN,
         enforce_eager=True, limit_mm_per_prompt={"image": 2}, max_num_seqs=8, kv_cache_memory_bytes=256 << 20, seed=0,
+        # an original DeepSeek-OCR folder names vLLM's stock class; the plugin's serves it at any size
+        **({"hf_overrides": {"architectures": [ORIGINAL_OVERRIDE]}} if fusion == "original" else {}),
     )
 
 
