@@ -112,3 +112,19 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
         assert torch.equal(joined[key], decoder[key]), key
     # resuming a finished stage is a no-op that loads its state
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "2", "--batch", "2"])
+
+
+def test_learned_code_starts_at_the_byte_embeddings(processor_dir, tmp_path):
+    args = grid_text_stage.argparse.Namespace(
+        processor=str(processor_dir), config=str(grid_text_stage.HERE / "grid" / "model_config.json"),
+        hidden=32, layers=1, seed=0, cells=tmp_path / "code.pt", learn_code=True, out=tmp_path / "T")
+    model, processor, cells = grid_text_stage.build(args)
+    charset = processor.image_processor.ocr_charset
+    embeddings = model.get_input_embeddings().weight
+    k = charset.index("$") + 1  # class of "$" (0 = empty slot)
+    assert torch.equal(cells.slots[0].weight[k], embeddings[processor.tokenizer.convert_tokens_to_ids("$")])
+    assert not torch.allclose(cells.slots[1].weight[k], cells.slots[0].weight[k])  # the slots differ
+    assert torch.equal(cells.slots[0].weight[0], torch.zeros(32)) and all(p.requires_grad for p in cells.parameters())
+    args.cells.write_bytes(b"")  # a code already at --cells: a fresh learned run refuses to overwrite it
+    with pytest.raises(ValueError, match="exists"):
+        grid_text_stage.build(args)

@@ -34,7 +34,7 @@ from modeling_deepsynth import DeepSynthForConditionalGeneration, DeepSynthModel
 from processing_deepsynth import DeepSynthProcessor  # noqa: E402
 from run_instruct import resolve_encoder_name, set_instruction_encoder  # noqa: E402
 
-from deepsynth.data.synthetic import iter_examples  # noqa: E402
+from deepsynth.data.synthetic import iter_examples, random_lines_split  # noqa: E402
 from deepsynth.evaluation.metrics import exact_match, f1_score  # noqa: E402
 from deepsynth.training.labels import char_cell_labels  # noqa: E402
 
@@ -61,6 +61,18 @@ class CellEmbedder(nn.Module):
 
     def forward(self, labels: torch.Tensor) -> torch.Tensor:
         return sum(table(labels[..., s]) for s, table in enumerate(self.slots))
+
+    def init_from_token_embeddings(self, embeddings: torch.Tensor, tokenizer, charset: str) -> None:
+        """A learnable code that starts as the decoder's own byte embeddings (tied to lm_head): slot 0 of a cell
+        holding c is E[c], so attending to that cell already points the output at c; slot 1 is E[c] under a fixed
+        random rotation (the slots must differ). Empty slots start at zero."""
+        ids = torch.tensor([tokenizer.convert_tokens_to_ids(ch) for ch in charset])
+        rotation = torch.linalg.qr(torch.randn(embeddings.shape[1], embeddings.shape[1],
+                                               generator=torch.Generator().manual_seed(1)))[0]
+        for s, table in enumerate(self.slots):
+            rows = embeddings[ids].detach() @ (rotation if s else torch.eye(embeddings.shape[1]))
+            table.weight.data = torch.cat([torch.zeros(1, rows.shape[1]), rows])
+        self.requires_grad_(True)
 
     @classmethod
     def for_processor(cls, processor, dim: int, path: Path | None = None) -> "CellEmbedder":
@@ -96,7 +108,13 @@ def build(args):
     torch.manual_seed(args.seed)
     model = DeepSynthForConditionalGeneration(DeepSynthConfig.from_dict(config))
     model, processor = set_instruction_encoder(model, processor, resolve_encoder_name("minilm"))
-    cells = CellEmbedder.for_processor(processor, model.config.text_config.hidden_size, args.cells)
+    learn = getattr(args, "learn_code", False)
+    cells = CellEmbedder.for_processor(processor, model.config.text_config.hidden_size, None if learn else args.cells)
+    if learn:
+        if args.cells.exists() and not (args.out / "state.pt").exists():
+            raise ValueError(f"--learn-code writes the learned code to {args.cells}, which exists: pass a new path")
+        ip = processor.image_processor
+        cells.init_from_token_embeddings(model.get_input_embeddings().weight, processor.tokenizer, ip.ocr_charset)
     return model, processor, cells
 
 
@@ -173,6 +191,21 @@ class GridBatcher:
         return self.processor.tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
+def training_rows(args):
+    """Endless training rows: generator documents with `args.tasks`, and with probability
+    `args.random_lines_fraction` a short transcription of 1-3 lines of random characters instead (the copy
+    primitive, cell code -> bytes in reading order, with no language prior and short targets)."""
+    docs = iter_examples("train", 10**9, seed=args.data_seed, tasks=tuple(args.tasks), invented_names=args.invented_names)
+    rng, chunk = random.Random(f"grid-t:{args.data_seed}"), 0
+    while True:
+        randoms = random_lines_split("train", 512, seed=args.data_seed * 1000 + chunk, lines=(1, 3), chars=(4, 32))
+        chunk += 1
+        for row in randoms:
+            while rng.random() >= args.random_lines_fraction:
+                yield next(docs)[0]
+            yield row
+
+
 def eval_rows(n: int) -> dict[str, list[dict]]:
     """The card's held-out rows (seed 1): per split, the first `n` Q&A and `n` extraction rows."""
     out = {}
@@ -217,6 +250,9 @@ def main(argv=None):
     parser.add_argument("--config", default=str(HERE / "grid" / "model_config.json"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cells", type=Path, required=True, help="the cell code shared with stage V (made if absent)")
+    parser.add_argument("--learn-code", action="store_true",
+                        help="learn the cell code, starting from the byte embeddings; written to --cells at the end")
+    parser.add_argument("--init", type=Path, help="start from this stage-T folder's weights (a new schedule)")
     parser.add_argument("--hidden", type=int, help="decoder width (default: the config's)")
     parser.add_argument("--layers", type=int, help="decoder layers (default: the config's)")
     parser.add_argument("--steps", type=int, default=3000)
@@ -228,12 +264,20 @@ def main(argv=None):
     parser.add_argument("--invented-names", type=float, default=0.3)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-rows", type=int, default=40)
+    parser.add_argument("--random-lines-fraction", type=float, default=0.0,
+                        help="share of short random-character transcription rows")
     parser.add_argument("--tasks", nargs="+", default=list(ANSWERING), help="generator tasks, cycled")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     model, processor, cells = build(args)
-    params = trainable(model)
+    if args.init is not None:
+        from safetensors.torch import load_file
+
+        result = model.load_state_dict(load_file(args.init / "model.safetensors"), strict=False)
+        if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:  # lm_head is tied, not saved
+            raise ValueError(f"{args.init} does not fit this decoder: {result}")
+    params = trainable(model) + (list(cells.parameters()) if args.learn_code else [])
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / args.steps))))
@@ -243,13 +287,14 @@ def main(argv=None):
     if state_file.exists():
         state = torch.load(state_file, weights_only=False)
         model.load_state_dict(state["model"])
+        cells.load_state_dict(state["cells"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step = state["step"]
         print(f"resumed at step {step}", flush=True)
     batcher = GridBatcher(model, processor, cells)
     held_out = eval_rows(args.eval_rows)
-    stream = iter_examples("train", 10**9, seed=args.data_seed, tasks=tuple(args.tasks), invented_names=args.invented_names)
+    stream = training_rows(args)
     for _ in range(step * args.batch):  # replay the data order on resume
         next(stream)
     random.seed(args.seed + step)
@@ -257,7 +302,7 @@ def main(argv=None):
     model.train()
     started, window = time.time(), []
     while step < args.steps:
-        rows = [next(stream)[0] for _ in range(args.batch)]
+        rows = [next(stream) for _ in range(args.batch)]
         loss = batcher.loss(rows, args.noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,7 +317,7 @@ def main(argv=None):
             window, started = [], time.time()
             if step % args.eval_every == 0 or step == args.steps:
                 record["eval"] = evaluate(batcher, held_out)
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                torch.save({"model": model.state_dict(), "cells": cells.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "step": step}, state_file)
                 started = time.time()
             print(json.dumps(record), flush=True)
@@ -280,6 +325,8 @@ def main(argv=None):
                 f.write(json.dumps(record) + "\n")
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
+    if args.learn_code:
+        torch.save(cells.state_dict(), args.cells)
     print(f"stage T -> {args.out}", flush=True)
 
 
