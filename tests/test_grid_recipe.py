@@ -100,7 +100,7 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
         grid_align_stage.main([*common, "--out", str(tmp_path / "V"), "--steps", "1"])
     grid_align_stage.main([*common, "--hidden", "32", "--out", str(tmp_path / "V"), "--steps", "2", "--batch", "2", "--warmup", "1"])
     log = (tmp_path / "T" / "log.jsonl").read_text().splitlines()
-    assert "test_values/qa" in log[-1]
+    assert "test_values/qa" in log[-1] and "random_lines_cer" in log[-1]
     vision = torch.load(tmp_path / "V" / "vision.pt")
     assert vision and all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in vision)
     grid_assemble.main(["--stage-t", str(tmp_path / "T"), "--stage-v", str(tmp_path / "V"), "--out", str(tmp_path / "TV")])

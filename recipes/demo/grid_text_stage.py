@@ -35,7 +35,7 @@ from processing_deepsynth import DeepSynthProcessor  # noqa: E402
 from run_instruct import resolve_encoder_name, set_instruction_encoder  # noqa: E402
 
 from deepsynth.data.synthetic import iter_examples, random_lines_split  # noqa: E402
-from deepsynth.evaluation.metrics import exact_match, f1_score  # noqa: E402
+from deepsynth.evaluation.metrics import character_error_rate, exact_match, f1_score  # noqa: E402
 from deepsynth.training.labels import char_cell_labels  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -216,8 +216,12 @@ def eval_rows(n: int) -> dict[str, list[dict]]:
 
 
 def evaluate(batcher, rows_by_split: dict) -> dict:
+    """Held-out Q&A / extraction EM and F1 per split, and the copy primitive: CER of 12 fresh random-line
+    transcriptions (1-3 lines of random characters; ~0.97 before copying appears)."""
     batcher.model.eval()
-    report = {}
+    lines = random_lines_split("validation", 12, seed=3, lines=(1, 3), chars=(4, 32))
+    report = {"random_lines_cer": round(character_error_rate([batcher.answer(r, 100) for r in lines],
+                                                             [r["answer"] for r in lines]), 3)}
     for split, rows in rows_by_split.items():
         for task in ("qa", "extraction"):
             task_rows = [r for r in rows if r["task"] == task]
