@@ -94,8 +94,9 @@ def test_stage_t_learns_a_fixed_batch(processor_dir, tmp_path):
 def test_stages_run_and_assemble(processor_dir, tmp_path):
     cells = tmp_path / "cells.pt"
     common = ["--processor", str(processor_dir), "--cells", str(cells)]
-    grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "2", "--batch", "2",
-                          "--eval-every", "2", "--eval-rows", "1", "--warmup", "1"])
+    grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "6", "--stop-after", "2",
+                          "--batch", "2", "--eval-every", "2", "--eval-rows", "1", "--warmup", "1"])
+    assert torch.load(tmp_path / "T" / "state.pt", weights_only=False)["step"] == 2
     with pytest.raises(ValueError, match="code of shape"):  # the code is 32 wide, the config's decoder 128
         grid_align_stage.main([*common, "--out", str(tmp_path / "V"), "--steps", "1"])
     grid_align_stage.main([*common, "--hidden", "32", "--out", str(tmp_path / "V"), "--steps", "2", "--batch", "2", "--warmup", "1"])

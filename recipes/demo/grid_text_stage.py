@@ -260,6 +260,8 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, help="decoder width (default: the config's)")
     parser.add_argument("--layers", type=int, help="decoder layers (default: the config's)")
     parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--stop-after", type=int, help="stop (and write the folder) at this step; the schedule "
+                        "still spans --steps")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
@@ -305,7 +307,8 @@ def main(argv=None):
     torch.manual_seed(args.seed + step)
     model.train()
     started, window = time.time(), []
-    while step < args.steps:
+    end = min(args.steps, args.stop_after or args.steps)
+    while step < end:
         rows = [next(stream) for _ in range(args.batch)]
         loss = batcher.loss(rows, args.noise)
         optimizer.zero_grad(set_to_none=True)
@@ -315,11 +318,11 @@ def main(argv=None):
         schedule.step()
         step += 1
         window.append(loss.item())
-        if step % 25 == 0 or step == args.steps:  # and always the last step: its state is saved
+        if step % 25 == 0 or step == end:  # and always the last step: its state is saved
             record = {"step": step, "loss": round(sum(window) / len(window), 4), "lr": schedule.get_last_lr()[0],
                       "s_per_step": round((time.time() - started) / len(window), 3)}
             window, started = [], time.time()
-            if step % args.eval_every == 0 or step == args.steps:
+            if step % args.eval_every == 0 or step == end:
                 record["eval"] = evaluate(batcher, held_out)
                 torch.save({"model": model.state_dict(), "cells": cells.state_dict(), "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(), "step": step}, state_file)
