@@ -129,3 +129,11 @@ def test_learned_code_starts_at_the_byte_embeddings(processor_dir, tmp_path):
     args.cells.write_bytes(b"")  # a code already at --cells: a fresh learned run refuses to overwrite it
     with pytest.raises(ValueError, match="exists"):
         grid_text_stage.build(args)
+
+
+def test_evaluate_demo_refuses_missing_data_before_running(tmp_path):
+    import evaluate_demo
+
+    with pytest.raises(SystemExit) as stop:
+        evaluate_demo.main(["--model", "checkpoints/deepsynth-demo", "--data", str(tmp_path), "--transcription", ""])
+    assert stop.value.code == 2

@@ -132,6 +132,10 @@ def main(argv=None) -> int:
         return 0
     if not args.model:
         parser.error("--model is required (or --table)")
+    for name, path in (("--data", Path(args.data) / "test_values.jsonl"), ("--transcription", args.transcription)):
+        if path and not Path(path).is_file():  # before the model runs for minutes, not after
+            parser.error(f"{name}: {path} does not exist (make it with scripts/make_synthetic_dataset.py, "
+                         "see recipes/demo/README.md; --transcription '' skips transcription)")
     started = time.perf_counter()
     engine = InstructionEngine(args.model)
     transcription = Path(args.transcription) if args.transcription else None
