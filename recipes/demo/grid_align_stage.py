@@ -13,8 +13,6 @@ Resumes from OUT/state.pt.
 """
 
 import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from grid_text_stage import build  # noqa: E402  (also puts the repo on sys.path)
+from grid_text_stage import build, log, optimizer_and_schedule, resume, save_state  # noqa: E402  (and the repo path)
 
 from deepsynth.data.synthetic import iter_examples, random_lines_split  # noqa: E402
 from deepsynth.training.labels import char_cell_labels  # noqa: E402
@@ -92,19 +90,10 @@ def main(argv=None):
     for p in params:
         p.requires_grad_(True)
     torch.manual_seed(args.seed)
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    optimizer, schedule = optimizer_and_schedule(params, args)
     args.out.mkdir(parents=True, exist_ok=True)
     state_file, log_file = args.out / "state.pt", args.out / "log.jsonl"
-    step = 0
-    if state_file.exists():
-        state = torch.load(state_file, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        step = state["step"]
-        print(f"resumed at step {step}", flush=True)
+    step = resume(state_file, optimizer, schedule, model=model)
     stream = page_stream(args.data_seed)
     for _ in range(step * args.batch):
         next(stream)
@@ -128,12 +117,9 @@ def main(argv=None):
                       "inked_cell_acc": round(inked, 4),
                       "s_per_step": round((time.time() - started) / len(losses), 3)}
             losses, started = [], time.time()
-            print(json.dumps(record), flush=True)
-            with open(log_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            log(log_file, record)
             if step % 250 == 0 or step == args.steps:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "step": step}, state_file)
+                save_state(state_file, step, optimizer, schedule, model=model)
     torch.save(vision_state(model), args.out / "vision.pt")
     print(f"stage V -> {args.out}", flush=True)
 

@@ -124,7 +124,6 @@ class GridBatcher:
     def __init__(self, model, processor, cells):
         self.model, self.processor, self.cells = model, processor, cells
         self.ip = processor.image_processor
-        self.tokens_per_page = None
         self.encoder_cache: dict[tuple, torch.Tensor] = {}
 
     def example(self, row: dict, with_answer: bool = True) -> dict:
@@ -235,6 +234,38 @@ def evaluate(batcher, rows_by_split: dict) -> dict:
     return report
 
 
+def optimizer_and_schedule(params, args):
+    """AdamW and a linear warmup over the start of a cosine that spans `args.steps` (stages T and V)."""
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    return optimizer, schedule
+
+
+def save_state(state_file: Path, step: int, optimizer, schedule, **modules) -> None:
+    torch.save({**{name: m.state_dict() for name, m in modules.items()}, "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "step": step}, state_file)
+
+
+def resume(state_file: Path, optimizer, schedule, **modules) -> int:
+    """Restore what `save_state` wrote (when it exists); returns the step to continue from (0: a fresh run)."""
+    if not state_file.exists():
+        return 0
+    state = torch.load(state_file, weights_only=False)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    print(f"resumed at step {state['step']}", flush=True)
+    return state["step"]
+
+
+def log(log_file: Path, record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    with open(log_file, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def trainable(model):
     """The decoder, the instruction projector and the layout vectors; MiniLM, the vision tower (unused here) and
     the cell code are frozen."""
@@ -284,20 +315,10 @@ def main(argv=None):
         if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:  # lm_head is tied, not saved
             raise ValueError(f"{args.init} does not fit this decoder: {result}")
     params = trainable(model) + (list(cells.parameters()) if args.learn_code else [])
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / args.steps))))
+    optimizer, schedule = optimizer_and_schedule(params, args)
     args.out.mkdir(parents=True, exist_ok=True)
     state_file, log_file = args.out / "state.pt", args.out / "log.jsonl"
-    step = 0
-    if state_file.exists():
-        state = torch.load(state_file, weights_only=False)
-        model.load_state_dict(state["model"])
-        cells.load_state_dict(state["cells"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        step = state["step"]
-        print(f"resumed at step {step}", flush=True)
+    step = resume(state_file, optimizer, schedule, model=model, cells=cells)
     batcher = GridBatcher(model, processor, cells)
     held_out = eval_rows(args.eval_rows)
     stream = training_rows(args)
@@ -324,12 +345,9 @@ def main(argv=None):
             window, started = [], time.time()
             if step % args.eval_every == 0 or step == end:
                 record["eval"] = evaluate(batcher, held_out)
-                torch.save({"model": model.state_dict(), "cells": cells.state_dict(), "optimizer": optimizer.state_dict(),
-                            "schedule": schedule.state_dict(), "step": step}, state_file)
+                save_state(state_file, step, optimizer, schedule, model=model, cells=cells)
                 started = time.time()
-            print(json.dumps(record), flush=True)
-            with open(log_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            log(log_file, record)
     model.save_pretrained(args.out)
     processor.save_pretrained(args.out)
     if args.learn_code:
