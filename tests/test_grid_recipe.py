@@ -137,3 +137,14 @@ def test_evaluate_demo_refuses_missing_data_before_running(tmp_path):
     with pytest.raises(SystemExit) as stop:
         evaluate_demo.main(["--model", "checkpoints/deepsynth-demo", "--data", str(tmp_path), "--transcription", ""])
     assert stop.value.code == 2
+
+
+def test_calibration_compares_the_confident_half_with_the_rest():
+    import evaluate_demo
+
+    records = [{"prediction": p, "answer": "$45.2M", "confidence": c}
+               for p, c in [("$45.2M", 0.99), ("$45.2M", 0.9), ("$45.3M", 0.8), ("$45.2M", 0.5), ("$1M", 0.2)]]
+    assert evaluate_demo.calibration(records) == {"em_top_half": 100.0, "em_bottom_half": 33.33,
+                                                  "median_confidence": 0.8}
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluate_demo.calibration(records[:1])

@@ -4,7 +4,8 @@
     python recipes/demo/evaluate_demo.py --table runs/demo/eval/*.json      # markdown ablation table
 
 Q&A and extraction: exact match / F1 (SQuAD normalisation); focused summaries: ROUGE-L; transcription: character
-error rate on fresh pages. Splits (scripts/make_synthetic_dataset.py): `test_values` (names and numbers never seen
+error rate on fresh pages; for Q&A and extraction also the calibration of the engine's confidence (exact match of
+the more confident half vs the less confident half). Splits (scripts/make_synthetic_dataset.py): `test_values` (names and numbers never seen
 in training), `test_paraphrases` (instruction templates never seen), `test_layouts` (page layouts never seen).
 Greedy decoding, batched through InstructionEngine (the product's serving path).
 
@@ -23,12 +24,27 @@ from pathlib import Path
 
 from deepsynth.data.synthetic import TRANSCRIPTION_INSTRUCTIONS
 from deepsynth.evaluation.evaluate import evaluate
-from deepsynth.evaluation.metrics import character_error_rate
+from deepsynth.evaluation.metrics import character_error_rate, exact_match
 from deepsynth.inference.engine import InstructionEngine
 
 SPLITS = ("test_values", "test_paraphrases", "test_layouts")
 TASK_METRICS = {"qa": ("exact_match", "f1_score"), "extraction": ("exact_match", "f1_score"), "summary": ("rouge",)}
 MAX_NEW_TOKENS = {"qa": 32, "extraction": 96, "summary": 96, "transcription": 240}
+
+
+def calibration(records: list[dict]) -> dict:
+    """Does the engine's confidence separate right answers from wrong ones? Exact match over the more confident
+    half of the records vs the less confident half (an uninformative confidence gives equal halves)."""
+    ranked = sorted(records, key=lambda r: r["confidence"], reverse=True)
+    half = len(ranked) // 2
+    if half == 0:
+        raise ValueError("calibration needs at least 2 records")
+
+    def em(part):
+        return round(100 * sum(exact_match(r["prediction"], r["answer"]) for r in part) / len(part), 2)
+
+    return {"em_top_half": em(ranked[:half]), "em_bottom_half": em(ranked[half:]),
+            "median_confidence": round(ranked[half]["confidence"], 4)}
 
 
 def score_checkpoint(engine, data: Path, transcription: Path | None, constant_instruction=None, limit=None,
@@ -48,6 +64,8 @@ def score_checkpoint(engine, data: Path, transcription: Path | None, constant_in
                 "n": len(task_rows), **{k: round(v, 2) for k, v in scores.items()},
                 "examples": [{k: r[k] for k in ("instruction", "prediction", "answer")} for r in records[:3]],
             }
+            if task in ("qa", "extraction"):
+                report[split][task]["calibration"] = calibration(records)
             print(split, task, {k: round(v, 1) for k, v in scores.items()}, flush=True)
     if transcription is not None:
         rows = [json.loads(line) for line in open(transcription)][:limit]
@@ -95,6 +113,20 @@ def reading_table(paths: list[str]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""  # no report measured it
 
 
+def calibration_table(paths: list[str]) -> str:
+    """Exact match of the more confident half vs the less confident half, per split and task."""
+    lines = ["| model | task | " + " | ".join(f"EM top / bottom half ({s.removeprefix('test_')})" for s in SPLITS) + " |",
+             "|" + "---|" * (len(SPLITS) + 2)]
+    for path in paths:
+        report = json.load(open(path))
+        for task in ("qa", "extraction"):
+            cal = [report["scores"][split][task].get("calibration") for split in SPLITS]
+            if all(cal):
+                lines.append(f"| {report['label']} | {task} | " + " | ".join(
+                    f"{c['em_top_half']:.1f} / {c['em_bottom_half']:.1f}" for c in cal) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""  # reports written before calibration was measured
+
+
 def table(paths: list[str]) -> str:
     """One markdown row per checkpoint report: Q&A and extraction EM/F1, summary ROUGE-L per split + CER."""
     head = ["model"]
@@ -128,7 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--table", nargs="+", help="print the markdown tables of these reports and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print("\n\n".join(t for t in (table(args.table), reading_table(args.table)) if t))
+        print("\n\n".join(t for t in (table(args.table), calibration_table(args.table), reading_table(args.table)) if t))
         return 0
     if not args.model:
         parser.error("--model is required (or --table)")

@@ -216,11 +216,15 @@ def eval_rows(n: int) -> dict[str, list[dict]]:
 
 def evaluate(batcher, rows_by_split: dict) -> dict:
     """Held-out Q&A / extraction EM and F1 per split, and the copy primitive: CER of 12 fresh random-line
-    transcriptions (1-3 lines of random characters; ~0.97 before copying appears)."""
+    transcriptions (1-3 lines of random characters; ~0.97 before copying appears), and whole-document
+    transcription CER on 6 fresh generator documents."""
     batcher.model.eval()
     lines = random_lines_split("validation", 12, seed=3, lines=(1, 3), chars=(4, 32))
+    docs = [r for r, _ in iter_examples("validation", 6, seed=3, tasks=("transcription",))]
     report = {"random_lines_cer": round(character_error_rate([batcher.answer(r, 100) for r in lines],
-                                                             [r["answer"] for r in lines]), 3)}
+                                                             [r["answer"] for r in lines]), 3),
+              "transcription_cer": round(character_error_rate([batcher.answer(r, len(r["answer"]) + 16) for r in docs],
+                                                              [r["answer"] for r in docs]), 3)}
     for split, rows in rows_by_split.items():
         for task in ("qa", "extraction"):
             task_rows = [r for r in rows if r["task"] == task]
