@@ -95,13 +95,13 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
     cells = tmp_path / "cells.pt"
     common = ["--processor", str(processor_dir), "--cells", str(cells)]
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "6", "--stop-after", "2",
-                          "--batch", "2", "--eval-every", "2", "--eval-rows", "1", "--warmup", "1"])
+                          "--batch", "2", "--eval-every", "2", "--eval-rows", "1", "--eval-packets", "1", "--warmup", "1"])
     assert torch.load(tmp_path / "T" / "state.pt", weights_only=False)["step"] == 2
     with pytest.raises(ValueError, match="code of shape"):  # the code is 32 wide, the config's decoder 128
         grid_align_stage.main([*common, "--out", str(tmp_path / "V"), "--steps", "1"])
     grid_align_stage.main([*common, "--hidden", "32", "--out", str(tmp_path / "V"), "--steps", "2", "--batch", "2", "--warmup", "1"])
     log = (tmp_path / "T" / "log.jsonl").read_text().splitlines()
-    assert "test_values/qa" in log[-1] and "random_lines_cer" in log[-1]
+    assert all(k in log[-1] for k in ("test_values/qa", "random_lines_cer", "transcription_cer", "packets/qa"))
     vision = torch.load(tmp_path / "V" / "vision.pt")
     assert vision and all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in vision)
     grid_assemble.main(["--stage-t", str(tmp_path / "T"), "--stage-v", str(tmp_path / "V"), "--out", str(tmp_path / "TV")])
@@ -113,6 +113,25 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
         assert torch.equal(joined[key], decoder[key]), key
     # resuming a finished stage is a no-op that loads its state
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "2", "--batch", "2"])
+
+
+def test_stage_t_trains_on_long_packets(processor_dir, tmp_path):
+    """--packet-batches 1: every batch is multi-document packets, laid out on up to --max-pages pages (saved
+    with the output, so the checkpoint reads documents that long)."""
+    from processing_deepsynth import DeepSynthProcessor
+
+    args = ["--processor", str(processor_dir), "--cells", str(tmp_path / "cells.pt"), *TINY, "--out",
+            str(tmp_path / "T"), "--steps", "1", "--batch", "2", "--packet-batches", "1", "--packet-batch", "2",
+            "--max-pages", "6", "--eval-every", "1", "--eval-rows", "1", "--eval-packets", "1", "--warmup", "1"]
+    parsed = grid_text_stage.parse_args(args)
+    _, processor, _ = grid_text_stage.build(parsed)
+    batch = next(grid_text_stage.training_batches(parsed, processor.image_processor))
+    assert len(batch) == 2 and all(r["doc_kind"] == "packet" for r in batch)
+    pages = [len(processor.image_processor.layout_text(r["text"])) for r in batch]
+    assert all(p <= 6 for p in pages) and max(pages) > 2, pages
+    grid_text_stage.main(args)
+    assert DeepSynthProcessor.from_pretrained(str(tmp_path / "T")).image_processor.max_pages == 6
+    assert "packets/qa" in (tmp_path / "T" / "log.jsonl").read_text()
 
 
 def test_learned_code_starts_at_the_byte_embeddings(processor_dir, tmp_path):

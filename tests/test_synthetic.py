@@ -21,6 +21,7 @@ from deepsynth.data.synthetic import (  # noqa: E402
     Document,
     Fact,
     build_dataset_dict,
+    document_packets,
     generate_split,
     iter_examples,
     render,
@@ -248,3 +249,21 @@ def test_invented_names_are_new_to_every_split_and_leave_the_default_data_alone(
             assert value not in train_text, value
     with pytest.raises(ValueError, match="train and validation"):
         generate_split("test_values", 5, invented_names=0.5)
+
+
+def test_document_packets_ask_about_one_document_that_only_it_answers():
+    limit = 900
+    packets = document_packets("test_values", 30, seed=1, documents=(3, 5), fits=lambda t: len(t) <= limit)
+    assert packets == document_packets("test_values", 30, seed=1, documents=(3, 5), fits=lambda t: len(t) <= limit)
+    assert {r["documents"] for r in packets} >= {2, 3} and max(r["asked_document"] for r in packets) >= 2
+    by_text = {r["text"]: r for r in generate_split("test_values", 200, seed=1, tasks=("qa",))}
+    kinds_of_wording = {}
+    for r in generate_split("train", 3000, seed=0, tasks=("qa",)):
+        kinds_of_wording.setdefault(r["instruction"], set()).add(r["doc_kind"])
+    assert all(len(kinds) == 1 for kinds in kinds_of_wording.values())  # a Q&A wording names its kind of document
+    for packet in packets:
+        parts = [by_text[part] for part in packet["text"].split("\n\n")]
+        assert len(parts) == packet["documents"] and len(packet["text"]) <= limit
+        asked = parts[packet["asked_document"]]
+        assert (packet["instruction"], packet["answer"]) == (asked["instruction"], asked["answer"])
+        assert len({p["doc_kind"] for p in parts}) == len(parts)  # so no other document answers it

@@ -34,7 +34,7 @@ from modeling_deepsynth import DeepSynthForConditionalGeneration, DeepSynthModel
 from processing_deepsynth import DeepSynthProcessor  # noqa: E402
 from run_instruct import resolve_encoder_name, set_instruction_encoder  # noqa: E402
 
-from deepsynth.data.synthetic import iter_examples, random_lines_split  # noqa: E402
+from deepsynth.data.synthetic import document_packets, iter_examples, random_lines_split  # noqa: E402
 from deepsynth.evaluation.metrics import character_error_rate, exact_match, f1_score  # noqa: E402
 from deepsynth.training.labels import char_cell_labels  # noqa: E402
 
@@ -104,6 +104,8 @@ def decoder_overrides(config: dict, hidden: int | None, layers: int | None) -> d
 
 def build(args):
     processor = DeepSynthProcessor.from_pretrained(args.processor)
+    if getattr(args, "max_pages", None):  # saved with the output: the checkpoint reads documents this long
+        processor.image_processor.max_pages = args.max_pages
     config = decoder_overrides(json.loads(Path(args.config).read_text()), args.hidden, args.layers)
     torch.manual_seed(args.seed)
     model = DeepSynthForConditionalGeneration(DeepSynthConfig.from_dict(config))
@@ -205,6 +207,27 @@ def training_rows(args):
             yield row
 
 
+def fits_pages(image_processor):
+    """text -> whether it lays out on at most max_pages pages (nothing is cut)."""
+    return lambda text: len(image_processor.layout_text(text, image_processor.max_pages + 1)) <= image_processor.max_pages
+
+
+def training_batches(args, image_processor):
+    """Endless batches: `args.batch` rows of `training_rows`, and with probability `args.packet_batches` instead
+    `args.packet_batch` long multi-document packets (Q&A about one document of 3-5 on up to max_pages pages).
+    Packets come as whole batches: one in a batch of short rows would pad all of them to its length."""
+    rows, rng, chunk = training_rows(args), random.Random(f"grid-t-packets:{args.data_seed}"), 0
+    fits = fits_pages(image_processor)
+    while True:
+        packets = document_packets("train", 256, seed=args.data_seed * 1000 + chunk,
+                                   documents=tuple(args.packet_documents), fits=fits)
+        chunk += 1
+        for start in range(0, len(packets), args.packet_batch):
+            while rng.random() >= args.packet_batches:
+                yield [next(rows) for _ in range(args.batch)]
+            yield packets[start:start + args.packet_batch]
+
+
 def eval_rows(n: int) -> dict[str, list[dict]]:
     """The card's held-out rows (seed 1): per split, the first `n` Q&A and `n` extraction rows."""
     out = {}
@@ -214,10 +237,16 @@ def eval_rows(n: int) -> dict[str, list[dict]]:
     return out
 
 
-def evaluate(batcher, rows_by_split: dict) -> dict:
+def eval_packets(image_processor, n: int) -> list[dict]:
+    """Held-out long rows: packets of 3-5 `test_values` documents (seed 1) on at most max_pages pages."""
+    return document_packets("test_values", n, seed=1, documents=(3, 5), fits=fits_pages(image_processor))
+
+
+def evaluate(batcher, rows_by_split: dict, packets: list[dict]) -> dict:
     """Held-out Q&A / extraction EM and F1 per split, and the copy primitive: CER of 12 fresh random-line
     transcriptions (1-3 lines of random characters; ~0.97 before copying appears), and whole-document
-    transcription CER on 6 fresh generator documents."""
+    transcription CER on 6 fresh generator documents, and Q&A EM on held-out multi-document packets (overall, and
+    where the asked document is not the first)."""
     batcher.model.eval()
     lines = random_lines_split("validation", 12, seed=3, lines=(1, 3), chars=(4, 32))
     docs = [r for r, _ in iter_examples("validation", 6, seed=3, tasks=("transcription",))]
@@ -225,6 +254,11 @@ def evaluate(batcher, rows_by_split: dict) -> dict:
                                                              [r["answer"] for r in lines]), 3),
               "transcription_cer": round(character_error_rate([batcher.answer(r, len(r["answer"]) + 16) for r in docs],
                                                               [r["answer"] for r in docs]), 3)}
+    hits = [exact_match(batcher.answer(r, 32), r["answer"]) for r in packets]
+    report["packets/qa"] = {"em": round(100 * sum(hits) / len(hits), 1),
+                            "em_later_documents": round(100 * sum(h for h, r in zip(hits, packets) if r["asked_document"])
+                                                        / max(1, sum(1 for r in packets if r["asked_document"])), 1),
+                            "chars": round(sum(len(r["text"]) for r in packets) / len(packets))}
     for split, rows in rows_by_split.items():
         for task in ("qa", "extraction"):
             task_rows = [r for r in rows if r["task"] == task]
@@ -283,7 +317,7 @@ def trainable(model):
     return list({id(p): p for p in params}.values())
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processor", required=True)
     parser.add_argument("--config", default=str(HERE / "grid" / "model_config.json"))
@@ -305,12 +339,22 @@ def main(argv=None):
     parser.add_argument("--invented-names", type=float, default=0.3)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-rows", type=int, default=40)
+    parser.add_argument("--eval-packets", type=int, default=24, help="held-out multi-document packets to answer")
     parser.add_argument("--random-lines-fraction", type=float, default=0.0,
                         help="share of short random-character transcription rows")
+    parser.add_argument("--packet-batches", type=float, default=0.0,
+                        help="share of batches made of long multi-document packets (Q&A about one of them)")
+    parser.add_argument("--packet-batch", type=int, default=4, help="rows in a packet batch")
+    parser.add_argument("--packet-documents", type=int, nargs=2, default=[4, 5], metavar=("MIN", "MAX"),
+                        help="documents in a training packet")
+    parser.add_argument("--max-pages", type=int, help="pages a document may fill (default: the processor's)")
     parser.add_argument("--tasks", nargs="+", default=list(ANSWERING), help="generator tasks, cycled")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv=None):
+    args = parse_args(argv)
     model, processor, cells = build(args)
     if args.init is not None:
         from safetensors.torch import load_file
@@ -325,8 +369,9 @@ def main(argv=None):
     step = resume(state_file, optimizer, schedule, model=model, cells=cells)
     batcher = GridBatcher(model, processor, cells)
     held_out = eval_rows(args.eval_rows)
-    stream = training_rows(args)
-    for _ in range(step * args.batch):  # replay the data order on resume
+    held_out_packets = eval_packets(processor.image_processor, args.eval_packets)
+    stream = training_batches(args, processor.image_processor)
+    for _ in range(step):  # replay the data order on resume
         next(stream)
     random.seed(args.seed + step)
     torch.manual_seed(args.seed + step)
@@ -334,7 +379,7 @@ def main(argv=None):
     started, window = time.time(), []
     end = min(args.steps, args.stop_after or args.steps)
     while step < end:
-        rows = [next(stream) for _ in range(args.batch)]
+        rows = next(stream)
         loss = batcher.loss(rows, args.noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -348,7 +393,7 @@ def main(argv=None):
                       "s_per_step": round((time.time() - started) / len(window), 3)}
             window, started = [], time.time()
             if step % args.eval_every == 0 or step == end:
-                record["eval"] = evaluate(batcher, held_out)
+                record["eval"] = evaluate(batcher, held_out, held_out_packets)
                 save_state(state_file, step, optimizer, schedule, model=model, cells=cells)
                 started = time.time()
             log(log_file, record)

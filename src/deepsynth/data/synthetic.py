@@ -559,6 +559,33 @@ def random_lines_split(
     return rows
 
 
+def document_packets(split: str, n: int, seed: int = 0, documents: tuple[int, int] = (3, 4), fits=None) -> list[dict]:
+    """Long multi-page rows: `documents` (min, max) generator documents of different kinds joined by a blank line,
+    and one Q&A row about one of them. Q&A wordings name their kind of document (no wording is shared between
+    kinds), so the answer is unambiguous and the model must find the right document, on any page. `fits(text) ->
+    bool` (e.g. "lays out on at most max_pages pages") drops documents from the end until the packet fits; the
+    asked document is drawn after that. `asked_document` is its index, `documents` how many there are."""
+    stream = iter_examples(split, 10**9, seed=seed, tasks=("qa",))
+    rng = random.Random(f"deepsynth-packets:{seed}:{split}")
+    rows = []
+    for i in range(n):
+        parts = []
+        for _ in range(rng.randint(*documents)):
+            row, _ = next(stream)
+            while any(row["doc_kind"] == p["doc_kind"] for p in parts):  # kinds cycle: rarely taken
+                row, _ = next(stream)
+            parts.append(row)
+        rng.shuffle(parts)
+        while fits is not None and len(parts) > 1 and not fits("\n\n".join(p["text"] for p in parts)):
+            parts.pop()
+        asked = rng.randrange(len(parts))
+        rows.append({"id": f"packet-{split}-{seed}-{i:06d}", "text": "\n\n".join(p["text"] for p in parts),
+                     "instruction": parts[asked]["instruction"], "answer": parts[asked]["answer"], "task": "qa",
+                     "doc_kind": "packet", "layout": "packet", "template_id": parts[asked]["template_id"],
+                     "asked_document": asked, "documents": len(parts)})
+    return rows
+
+
 def build_dataset_dict(sizes: dict[str, int], seed: int = 0) -> DatasetDict:
     """A DatasetDict with one split per entry of `sizes` (split name -> number of rows)."""
     return DatasetDict({split: Dataset.from_list(generate_split(split, n, seed)) for split, n in sizes.items()})
