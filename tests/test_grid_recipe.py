@@ -95,7 +95,7 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
     cells = tmp_path / "cells.pt"
     common = ["--processor", str(processor_dir), "--cells", str(cells)]
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "6", "--stop-after", "2",
-                          "--batch", "2", "--eval-every", "2", "--eval-rows", "1", "--eval-packets", "1", "--warmup", "1"])
+                          "--batch", "2", "--eval-every", "2", "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--warmup", "1"])
     assert torch.load(tmp_path / "T" / "state.pt", weights_only=False)["step"] == 2
     with pytest.raises(ValueError, match="code of shape"):  # the code is 32 wide, the config's decoder 128
         grid_align_stage.main([*common, "--out", str(tmp_path / "V"), "--steps", "1"])
@@ -122,7 +122,7 @@ def test_stage_t_trains_on_long_packets(processor_dir, tmp_path):
 
     args = ["--processor", str(processor_dir), "--cells", str(tmp_path / "cells.pt"), *TINY, "--out",
             str(tmp_path / "T"), "--steps", "1", "--batch", "2", "--packet-batches", "1", "--packet-batch", "2",
-            "--max-pages", "6", "--eval-every", "1", "--eval-rows", "1", "--eval-packets", "1", "--warmup", "1"]
+            "--max-pages", "6", "--eval-every", "1", "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--warmup", "1"]
     parsed = grid_text_stage.parse_args(args)
     _, processor, _ = grid_text_stage.build(parsed)
     batch = next(grid_text_stage.training_batches(parsed, processor.image_processor))

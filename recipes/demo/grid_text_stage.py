@@ -242,22 +242,22 @@ def eval_packets(image_processor, n: int) -> list[dict]:
     return document_packets("test_values", n, seed=1, documents=(3, 5), fits=fits_pages(image_processor))
 
 
-def evaluate(batcher, rows_by_split: dict, packets: list[dict]) -> dict:
-    """Held-out Q&A / extraction EM and F1 per split, and the copy primitive: CER of 12 fresh random-line
-    transcriptions (1-3 lines of random characters; ~0.97 before copying appears), and whole-document
-    transcription CER on 6 fresh generator documents, and Q&A EM on held-out multi-document packets (overall, and
-    where the asked document is not the first)."""
+def evaluate(batcher, rows_by_split: dict, packets: list[dict], documents: list[dict]) -> dict:
+    """Held-out Q&A / extraction EM and F1 per split; the copy primitive: CER of 12 fresh random-line
+    transcriptions (1-3 lines of random characters; ~0.97 before copying appears); whole-document transcription
+    CER of `documents`; Q&A EM on the multi-document `packets` (all, and where the asked one is not the first)."""
     batcher.model.eval()
+
+    def cer(rows, extra):
+        return round(character_error_rate([batcher.answer(r, extra(r)) for r in rows], [r["answer"] for r in rows]), 3)
+
     lines = random_lines_split("validation", 12, seed=3, lines=(1, 3), chars=(4, 32))
-    docs = [r for r, _ in iter_examples("validation", 6, seed=3, tasks=("transcription",))]
-    report = {"random_lines_cer": round(character_error_rate([batcher.answer(r, 100) for r in lines],
-                                                             [r["answer"] for r in lines]), 3),
-              "transcription_cer": round(character_error_rate([batcher.answer(r, len(r["answer"]) + 16) for r in docs],
-                                                              [r["answer"] for r in docs]), 3)}
+    report = {"random_lines_cer": cer(lines, lambda r: 100),
+              "transcription_cer": cer(documents, lambda r: len(r["answer"]) + 16)}
     hits = [exact_match(batcher.answer(r, 32), r["answer"]) for r in packets]
+    later = [h for h, r in zip(hits, packets) if r["asked_document"]]
     report["packets/qa"] = {"em": round(100 * sum(hits) / len(hits), 1),
-                            "em_later_documents": round(100 * sum(h for h, r in zip(hits, packets) if r["asked_document"])
-                                                        / max(1, sum(1 for r in packets if r["asked_document"])), 1),
+                            "em_later_documents": round(100 * sum(later) / max(1, len(later)), 1),
                             "chars": round(sum(len(r["text"]) for r in packets) / len(packets))}
     for split, rows in rows_by_split.items():
         for task in ("qa", "extraction"):
@@ -339,6 +339,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--invented-names", type=float, default=0.3)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-rows", type=int, default=40)
+    parser.add_argument("--eval-documents", type=int, default=6, help="fresh documents to transcribe whole")
     parser.add_argument("--eval-packets", type=int, default=24, help="held-out multi-document packets to answer")
     parser.add_argument("--random-lines-fraction", type=float, default=0.0,
                         help="share of short random-character transcription rows")
@@ -370,6 +371,7 @@ def main(argv=None):
     batcher = GridBatcher(model, processor, cells)
     held_out = eval_rows(args.eval_rows)
     held_out_packets = eval_packets(processor.image_processor, args.eval_packets)
+    held_out_documents = [r for r, _ in iter_examples("validation", args.eval_documents, seed=3, tasks=("transcription",))]
     stream = training_batches(args, processor.image_processor)
     for _ in range(step):  # replay the data order on resume
         next(stream)
@@ -393,7 +395,7 @@ def main(argv=None):
                       "s_per_step": round((time.time() - started) / len(window), 3)}
             window, started = [], time.time()
             if step % args.eval_every == 0 or step == end:
-                record["eval"] = evaluate(batcher, held_out, held_out_packets)
+                record["eval"] = evaluate(batcher, held_out, held_out_packets, held_out_documents)
                 save_state(state_file, step, optimizer, schedule, model=model, cells=cells)
                 started = time.time()
             log(log_file, record)
