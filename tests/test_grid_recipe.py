@@ -14,6 +14,7 @@ import grid_align_stage  # noqa: E402
 import grid_assemble  # noqa: E402
 import grid_text_stage  # noqa: E402
 import make_processor  # noqa: E402
+import package_demo  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 
 from deepsynth.data.synthetic import iter_examples  # noqa: E402
@@ -111,6 +112,14 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
         assert torch.equal(joined[key], value), key
     for key in (k for k in decoder if k.startswith("model.language_model.")):
         assert torch.equal(joined[key], decoder[key]), key
+    package_demo.main(["--model", str(tmp_path / "TV"), "--out", str(tmp_path / "demo"), "--recipe-minutes", "2 s"])
+    card = (tmp_path / "demo" / "README.md").read_text()
+    assert "up to 4 pages of 256x256 px, DejaVuSansMono at 13 px: 16 lines x 32 characters a page, 273 vision" in card
+    assert (tmp_path / "demo" / "DejaVuSansMono-LICENSE").is_file()
+    packaged = DeepSynthForConditionalGeneration.from_pretrained(tmp_path / "demo")
+    assert packaged.dtype == torch.float32  # stored float16, loaded float32
+    for key, value in packaged.state_dict().items():
+        assert torch.equal(value, joined[key].half().float()), key
     # resuming a finished stage is a no-op that loads its state
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "2", "--batch", "2"])
 

