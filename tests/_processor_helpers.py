@@ -45,3 +45,27 @@ def upstream_processor(**image_kwargs) -> DeepSynthProcessor:
     return DeepSynthProcessor(
         DeepSynthImageProcessor(**image_kwargs), byte_tokenizer(), instruction_in_decoder=True, answer_separator=""
     )
+
+
+def text_pdf(pages: list[list[str]], font_size: float = 12) -> bytes:
+    """A PDF whose pages carry these lines as real text objects (a text layer, as word processors write), built
+    with pdfium's own page-object API."""
+    import ctypes
+    import io
+
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as raw
+
+    pdf = pdfium.PdfDocument.new()
+    for lines in pages:
+        page = pdf.new_page(612, 792)
+        for i, line in enumerate(lines):
+            obj = raw.FPDFPageObj_NewTextObj(pdf.raw, b"Helvetica", ctypes.c_float(font_size))
+            text = ctypes.create_string_buffer((line + "\x00").encode("utf-16-le"))
+            raw.FPDFText_SetText(obj, ctypes.cast(text, ctypes.POINTER(raw.FPDF_WCHAR)))
+            raw.FPDFPageObj_Transform(obj, 1, 0, 0, 1, 72, 720 - i * 1.4 * font_size)
+            raw.FPDFPage_InsertObject(page.raw, obj)  # the page owns the object now
+        raw.FPDFPage_GenerateContent(page.raw)
+    buffer = io.BytesIO()
+    pdf.save(buffer)
+    return buffer.getvalue()

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from _processor_helpers import byte_ids, byte_tokenizer, minilm_tokenizer, upstream_processor
+from _processor_helpers import byte_ids, byte_tokenizer, minilm_tokenizer, text_pdf, upstream_processor
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -302,6 +302,35 @@ def test_pdf_path_and_bytes(tmp_path):
         assert np.abs(u8(pages[0])[50, 100].astype(int) - [255, 0, 0]).max() <= 8
         assert np.abs(u8(pages[1])[80, 60].astype(int) - [0, 0, 255]).max() <= 8
     assert [p.size for p in small_ip(pdf_dpi=144).load_pages(str(tmp_path / "d.pdf"))] == [(400, 200), (240, 320)]
+
+
+def test_pdf_text_layer_is_laid_out_on_the_processors_own_pages(tmp_path):
+    """pdf_text_layer=True (the demo model): a PDF's embedded text, not its pixels, drawn exactly as the same text
+    would be; a PDF without a text layer (a scan) is refused with the reason. Off by default: pixels."""
+    pages = [["Quarterly Report - Q3 2024", "Revenue: $45.2M"], ["Report date: October 14, 2024"]]
+    data = text_pdf(pages)
+    ip = small_ip(pdf_text_layer=True)
+    as_text = ip.load_pages("Quarterly Report - Q3 2024\nRevenue: $45.2M\n\nReport date: October 14, 2024")
+    (tmp_path / "t.pdf").write_bytes(data)
+    for doc in (data, str(tmp_path / "t.pdf")):
+        read = ip.load_pages(doc)
+        assert len(read) == len(as_text) and all(np.array_equal(u8(a), u8(b)) for a, b in zip(read, as_text))
+    assert [p.size for p in small_ip(pdf_dpi=72).load_pages(data)] == [(612, 792), (612, 792)]  # default: pixels
+    Image.new("RGB", (50, 50), (0, 0, 0)).save(tmp_path / "scan.pdf", resolution=72)
+    with pytest.raises(ValueError, match="no text layer"):
+        ip.load_pages(str(tmp_path / "scan.pdf"))
+
+
+def test_image_pages_false_refuses_images_with_the_reason(tmp_path):
+    ip = small_ip(image_pages=False)
+    image = Image.new("RGB", (40, 30), (255, 255, 255))
+    image.save(tmp_path / "p.png")
+    for doc in (image, u8(image), str(tmp_path / "p.png"), (tmp_path / "p.png").read_bytes(), ["text", image]):
+        with pytest.raises(ValueError, match="image_pages=False.*text layer"):
+            ip.load_pages(doc)
+    assert len(ip.load_pages("still reads text")) == 1
+    with pytest.raises(ValueError, match="must be bools"):
+        small_ip(image_pages="no")
 
 
 def test_list_of_pages_flattens_in_order(tmp_path):

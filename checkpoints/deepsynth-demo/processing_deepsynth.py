@@ -137,6 +137,9 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     (`truncate_pages=True` keeps the first ones with a warning instead of raising); text beyond the limit is not
     laid out. A decoded page may have at most `max_image_pixels` pixels (default 40 Mpx): a larger image is refused
     with a ValueError before it is decoded, a larger PDF page is rasterised at a lower dpi to fit.
+    A model that reads only text rendered on its own small pages (the demo model) sets `pdf_text_layer=True`: a
+    PDF's embedded text is laid out on this processor's pages instead of its pixels being shrunk to illegibility
+    (a PDF without text is refused), and `image_pages=False`: an image page is refused with the reason.
     `bf16_round` rounds pixels through bfloat16 as upstream infer() did before its bf16 model (off by default).
     `line_height` and `char_pitch` (see the renderer) put text on a fixed grid: with `line_height` = one vision
     cell (patch_size * downsample_ratio px of the global view) every text line sits on one vision-token row; with
@@ -175,6 +178,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         ocr_charset: str = OCR_CHARSET,
         ocr_cell_slots: int = 4,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        pdf_text_layer: bool = False,
+        image_pages: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -200,6 +205,9 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be a positive int, got {max_image_pixels!r}")
         self.max_image_pixels = max_image_pixels
+        if not isinstance(pdf_text_layer, bool) or not isinstance(image_pages, bool):
+            raise ValueError(f"pdf_text_layer and image_pages must be bools, got {pdf_text_layer!r}, {image_pages!r}")
+        self.pdf_text_layer, self.image_pages = pdf_text_layer, image_pages
 
     @staticmethod
     def _resolve(mode, base_size=None, image_size=None, crop_mode=None) -> tuple[int, int, bool]:
@@ -310,6 +318,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                     break
                 pages += self._collect(part, limit - len(pages))
             return pages
+        if isinstance(doc, (Image.Image, np.ndarray)):
+            self._check_image_pages("an image page")
         if isinstance(doc, Image.Image):
             self._check_pixels(doc.width, doc.height, "image")
             return [_as_rgb(doc)]
@@ -335,6 +345,14 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
 
     def _text_pages(self, text: str, limit: int):
         return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text, max_pages=limit)]
+
+    def _check_image_pages(self, name: str) -> None:
+        if not self.image_pages:
+            raise ValueError(
+                f"{name}: this model reads only text laid out on its own {self.page_width}x{self.page_height}-px pages "
+                "(image_pages=False in its processor config); a scan or photo would be shrunk past legibility. Give "
+                "the document's text, or a PDF that has a text layer"
+            )
 
     def _check_pixels(self, width: int, height: int, name: str) -> None:
         if width * height > self.max_image_pixels:
@@ -375,6 +393,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             raise ValueError(f"empty document: {name} has no bytes")
         if b"%PDF-" in data[:1024]:
             return self._pdf_pages(data, name, limit)
+        self._check_image_pages(name)
         try:
             image = Image.open(io.BytesIO(data))  # reads the header: the size is known before decoding
         except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), checked first
@@ -397,6 +416,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             raise ValueError(f"cannot read {name} as a PDF: {e}") from None
         if len(pdf) == 0:
             raise ValueError(f"empty document: {name} has no pages")
+        if self.pdf_text_layer:
+            return self._text_pages(self._pdf_text(pdf, name, limit), limit)
 
         def render(i):  # deferred: only pages within max_pages are rasterised
             try:
@@ -406,6 +427,28 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                 raise ValueError(f"cannot render page {i + 1} of {name}: {e}") from None
 
         return [lambda i=i: render(i) for i in range(min(len(pdf), limit))]
+
+    def _pdf_text(self, pdf, name: str, limit: int) -> str:
+        """The embedded text of a PDF's pages, pages joined by a blank line. Bounded work: pages are read only until
+        the text could fill `limit` of this processor's pages (a page holds fewer than one character per 16 px²)."""
+        import pypdfium2 as pdfium
+
+        enough, parts = limit * self.page_width * self.page_height // 16, []
+        for i in range(len(pdf)):
+            try:
+                text = pdf[i].get_textpage().get_text_range()
+            except pdfium.PdfiumError as e:
+                raise ValueError(f"cannot read the text of page {i + 1} of {name}: {e}") from None
+            parts.append(text.replace("\r\n", "\n").replace("\r", "\n").strip())
+            if sum(map(len, parts)) >= enough:
+                break
+        text = "\n\n".join(p for p in parts if p)
+        if not text:
+            raise ValueError(
+                f"{name} has no text layer (a scanned PDF?): this model reads a PDF's embedded text "
+                "(pdf_text_layer=True), not its pixels. Give the document's text, or a PDF that has a text layer"
+            )
+        return text
 
     def _pdf_scale(self, width: float, height: float) -> float:
         """Pixels per PDF unit for a page of width x height units: `pdf_dpi` (72 units an inch), lowered so that the

@@ -31,7 +31,7 @@ GEOMETRIES = {  # page px, font file and px, line pitch (= one vision cell), cha
                         max_pages=2, slots=2, config=HERE / "experiment_fixed_pitch" / "model_config.json"),
     # issue 16's redesign (recipes/demo/grid): the fixed pitch, 4 pages (2,048 characters), byte vocabulary (261)
     "byte_grid": dict(page=256, font_file="DejaVuSansMono.ttf", font=13, pitch=16, char_pitch=8, margin=0,
-                      max_pages=4, slots=2, config=HERE / "grid" / "model_config.json"),
+                      max_pages=4, slots=2, config=HERE / "grid" / "model_config.json", text_only=True),
 }
 
 
@@ -52,6 +52,8 @@ def make_processor(vocab_size: int | None = None, geometry: str = "proportional"
         page_width=g["page"], page_height=g["page"], margin=g["margin"], font_file=g["font_file"], font_size=g["font"],
         line_height=g["pitch"], char_pitch=g["char_pitch"], ocr_cell_slots=g["slots"], max_pages=g["max_pages"],
         truncate_pages=True,
+        # a model that reads only its own 256-px text pages: PDFs by their text layer, images refused with the reason
+        pdf_text_layer=g.get("text_only", False), image_pages=not g.get("text_only", False),
     )
     cell = image_processor.patch_size * image_processor.downsample_ratio * g["page"] // image_processor.image_size
     assert cell == g["pitch"], f"line pitch {g['pitch']} px must equal one vision cell ({cell} px)"
