@@ -214,7 +214,7 @@ def fits_pages(image_processor):
 
 def training_batches(args, image_processor):
     """Endless batches: `args.batch` rows of `training_rows`, and with probability `args.packet_batches` instead
-    `args.packet_batch` long multi-document packets (Q&A about one document of 3-5 on up to max_pages pages).
+    `args.packet_batch` long multi-document packets (Q&A about one document of 4-7 on up to max_pages pages).
     Packets come as whole batches: one in a batch of short rows would pad all of them to its length."""
     rows, rng, chunk = training_rows(args), random.Random(f"grid-t-packets:{args.data_seed}"), 0
     fits = fits_pages(image_processor)
@@ -238,8 +238,8 @@ def eval_rows(n: int) -> dict[str, list[dict]]:
 
 
 def eval_packets(image_processor, n: int) -> list[dict]:
-    """Held-out long rows: packets of 3-5 `test_values` documents (seed 1) on at most max_pages pages."""
-    return document_packets("test_values", n, seed=1, documents=(3, 5), fits=fits_pages(image_processor))
+    """Held-out long rows: packets of 4-7 `test_values` documents (seed 1) on at most max_pages pages."""
+    return document_packets("test_values", n, seed=1, documents=(4, 7), fits=fits_pages(image_processor))
 
 
 def evaluate(batcher, rows_by_split: dict, packets: list[dict], documents: list[dict]) -> dict:
@@ -346,7 +346,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--packet-batches", type=float, default=0.0,
                         help="share of batches made of long multi-document packets (Q&A about one of them)")
     parser.add_argument("--packet-batch", type=int, default=4, help="rows in a packet batch")
-    parser.add_argument("--packet-documents", type=int, nargs=2, default=[4, 5], metavar=("MIN", "MAX"),
+    parser.add_argument("--packet-documents", type=int, nargs=2, default=[4, 7], metavar=("MIN", "MAX"),
                         help="documents in a training packet")
     parser.add_argument("--max-pages", type=int, help="pages a document may fill (default: the processor's)")
     parser.add_argument("--tasks", nargs="+", default=list(ANSWERING), help="generator tasks, cycled")

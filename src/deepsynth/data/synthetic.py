@@ -34,6 +34,7 @@ import random
 import re
 import sys
 import textwrap
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -560,26 +561,28 @@ def random_lines_split(
 
 
 def document_packets(split: str, n: int, seed: int = 0, documents: tuple[int, int] = (3, 4), fits=None) -> list[dict]:
-    """Long multi-page rows: `documents` (min, max) generator documents of different kinds joined by a blank line,
-    and one Q&A row about one of them. Q&A wordings name their kind of document (no wording is shared between
-    kinds), so the answer is unambiguous and the model must find the right document, on any page. `fits(text) ->
-    bool` (e.g. "lays out on at most max_pages pages") drops documents from the end until the packet fits; the
-    asked document is drawn after that. `asked_document` is its index, `documents` how many there are."""
+    """Long multi-page rows: `documents` (min, max) generator documents joined by a blank line, and one Q&A row
+    about one of them whose kind of document occurs once in the packet. Q&A wordings name their kind of document
+    (no wording is shared between kinds), so the answer is unambiguous and the model must find the right
+    document, on any page. `fits(text) -> bool` (e.g. "lays out on at most max_pages pages") drops documents from
+    the end until the packet fits; the asked document is drawn after that. `asked_document` is its index,
+    `documents` how many there are."""
+    if not 1 <= documents[0] <= documents[1]:
+        raise ValueError(f"documents must be (min, max) with 1 <= min <= max, got {documents}")
     stream = iter_examples(split, 10**9, seed=seed, tasks=("qa",))
     rng = random.Random(f"deepsynth-packets:{seed}:{split}")
     rows = []
-    for i in range(n):
-        parts = []
-        for _ in range(rng.randint(*documents)):
-            row, _ = next(stream)
-            while any(row["doc_kind"] == p["doc_kind"] for p in parts):  # kinds cycle: rarely taken
-                row, _ = next(stream)
-            parts.append(row)
+    while len(rows) < n:
+        parts = [next(stream)[0] for _ in range(rng.randint(*documents))]  # kinds cycle: 5 in a row differ
         rng.shuffle(parts)
         while fits is not None and len(parts) > 1 and not fits("\n\n".join(p["text"] for p in parts)):
             parts.pop()
-        asked = rng.randrange(len(parts))
-        rows.append({"id": f"packet-{split}-{seed}-{i:06d}", "text": "\n\n".join(p["text"] for p in parts),
+        kinds = Counter(p["doc_kind"] for p in parts)
+        askable = [i for i, p in enumerate(parts) if kinds[p["doc_kind"]] == 1]
+        if not askable:  # every kind twice: no question has one answer
+            continue
+        asked = rng.choice(askable)
+        rows.append({"id": f"packet-{split}-{seed}-{len(rows):06d}", "text": "\n\n".join(p["text"] for p in parts),
                      "instruction": parts[asked]["instruction"], "answer": parts[asked]["answer"], "task": "qa",
                      "doc_kind": "packet", "layout": "packet", "template_id": parts[asked]["template_id"],
                      "asked_document": asked, "documents": len(parts)})
