@@ -321,16 +321,19 @@ def test_pdf_text_layer_is_laid_out_on_the_processors_own_pages(tmp_path):
         ip.load_pages(str(tmp_path / "scan.pdf"))
 
 
-def test_image_pages_false_refuses_images_with_the_reason(tmp_path):
-    ip = small_ip(image_pages=False)
+def test_only_own_page_images_refuses_other_images_with_the_reason(tmp_path):
+    ip = small_ip(only_own_page_images=True)
     image = Image.new("RGB", (40, 30), (255, 255, 255))
     image.save(tmp_path / "p.png")
     for doc in (image, u8(image), str(tmp_path / "p.png"), (tmp_path / "p.png").read_bytes(), ["text", image]):
-        with pytest.raises(ValueError, match="image_pages=False.*text layer"):
+        with pytest.raises(ValueError, match="40x30 px.*only_own_page_images=True.*text layer"):
             ip.load_pages(doc)
+    own = ip.render_text("a page it drew itself")[0]  # its own page size: read as any image
+    own.save(tmp_path / "own.png")
+    assert [u8(p).tolist() for p in ip.load_pages(str(tmp_path / "own.png"))] == [u8(own).tolist()]
     assert len(ip.load_pages("still reads text")) == 1
     with pytest.raises(ValueError, match="must be bools"):
-        small_ip(image_pages="no")
+        small_ip(only_own_page_images="yes")
 
 
 def test_list_of_pages_flattens_in_order(tmp_path):

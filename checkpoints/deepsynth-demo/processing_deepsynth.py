@@ -139,7 +139,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     with a ValueError before it is decoded, a larger PDF page is rasterised at a lower dpi to fit.
     A model that reads only text rendered on its own small pages (the demo model) sets `pdf_text_layer=True`: a
     PDF's embedded text is laid out on this processor's pages instead of its pixels being shrunk to illegibility
-    (a PDF without text is refused), and `image_pages=False`: an image page is refused with the reason.
+    (a PDF without text is refused), and `only_own_page_images=True`: an image is read only when it is the size of
+    this processor's own pages (what `render_text` draws); any other image is refused with the reason.
     `bf16_round` rounds pixels through bfloat16 as upstream infer() did before its bf16 model (off by default).
     `line_height` and `char_pitch` (see the renderer) put text on a fixed grid: with `line_height` = one vision
     cell (patch_size * downsample_ratio px of the global view) every text line sits on one vision-token row; with
@@ -179,7 +180,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         ocr_cell_slots: int = 4,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         pdf_text_layer: bool = False,
-        image_pages: bool = True,
+        only_own_page_images: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -205,9 +206,10 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int) or max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be a positive int, got {max_image_pixels!r}")
         self.max_image_pixels = max_image_pixels
-        if not isinstance(pdf_text_layer, bool) or not isinstance(image_pages, bool):
-            raise ValueError(f"pdf_text_layer and image_pages must be bools, got {pdf_text_layer!r}, {image_pages!r}")
-        self.pdf_text_layer, self.image_pages = pdf_text_layer, image_pages
+        if not isinstance(pdf_text_layer, bool) or not isinstance(only_own_page_images, bool):
+            raise ValueError("pdf_text_layer and only_own_page_images must be bools, got "
+                             f"{pdf_text_layer!r}, {only_own_page_images!r}")
+        self.pdf_text_layer, self.only_own_page_images = pdf_text_layer, only_own_page_images
 
     @staticmethod
     def _resolve(mode, base_size=None, image_size=None, crop_mode=None) -> tuple[int, int, bool]:
@@ -318,9 +320,8 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                     break
                 pages += self._collect(part, limit - len(pages))
             return pages
-        if isinstance(doc, (Image.Image, np.ndarray)):
-            self._check_image_pages("an image page")
         if isinstance(doc, Image.Image):
+            self._check_own_page(doc.width, doc.height, "image")
             self._check_pixels(doc.width, doc.height, "image")
             return [_as_rgb(doc)]
         if isinstance(doc, np.ndarray):
@@ -346,12 +347,13 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     def _text_pages(self, text: str, limit: int):
         return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text, max_pages=limit)]
 
-    def _check_image_pages(self, name: str) -> None:
-        if not self.image_pages:
+    def _check_own_page(self, width: int, height: int, name: str) -> None:
+        if self.only_own_page_images and (width, height) != (self.page_width, self.page_height):
             raise ValueError(
-                f"{name}: this model reads only text laid out on its own {self.page_width}x{self.page_height}-px pages "
-                "(image_pages=False in its processor config); a scan or photo would be shrunk past legibility. Give "
-                "the document's text, or a PDF that has a text layer"
+                f"{name} is {width}x{height} px: this model reads only text laid out on its own "
+                f"{self.page_width}x{self.page_height}-px pages (only_own_page_images=True in its processor config); "
+                "a scan or photo would be shrunk past legibility. Give the document's text, or a PDF that has a "
+                "text layer"
             )
 
     def _check_pixels(self, width: int, height: int, name: str) -> None:
@@ -366,6 +368,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             raise ValueError(f"numpy pages must be uint8 (H, W) or (H, W, 1|3|4), got {arr.dtype} {arr.shape}")
         if arr.size == 0:
             raise ValueError(f"empty document: numpy page of shape {arr.shape}")
+        self._check_own_page(arr.shape[1], arr.shape[0], "numpy page")
         self._check_pixels(arr.shape[1], arr.shape[0], "numpy page")
         return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
 
@@ -393,13 +396,13 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             raise ValueError(f"empty document: {name} has no bytes")
         if b"%PDF-" in data[:1024]:
             return self._pdf_pages(data, name, limit)
-        self._check_image_pages(name)
         try:
             image = Image.open(io.BytesIO(data))  # reads the header: the size is known before decoding
         except Image.DecompressionBombError as e:  # Pillow's own limit (Image.MAX_IMAGE_PIXELS), checked first
             raise ValueError(f"{name} is too large to decode: {e} (max_image_pixels={self.max_image_pixels})") from None
         except Exception as e:
             raise ValueError(f"cannot read {name} as an image or PDF: {e}") from None
+        self._check_own_page(image.width, image.height, name)
         self._check_pixels(image.width, image.height, name)
         try:
             image.load()  # decode now: a truncated or corrupt file must fail here, not later

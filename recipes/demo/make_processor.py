@@ -52,8 +52,8 @@ def make_processor(vocab_size: int | None = None, geometry: str = "proportional"
         page_width=g["page"], page_height=g["page"], margin=g["margin"], font_file=g["font_file"], font_size=g["font"],
         line_height=g["pitch"], char_pitch=g["char_pitch"], ocr_cell_slots=g["slots"], max_pages=g["max_pages"],
         truncate_pages=True,
-        # a model that reads only its own 256-px text pages: PDFs by their text layer, images refused with the reason
-        pdf_text_layer=g.get("text_only", False), image_pages=not g.get("text_only", False),
+        # a model that reads only its own 256-px text pages: PDFs by their text layer, other images refused
+        pdf_text_layer=g.get("text_only", False), only_own_page_images=g.get("text_only", False),
     )
     cell = image_processor.patch_size * image_processor.downsample_ratio * g["page"] // image_processor.image_size
     assert cell == g["pitch"], f"line pitch {g['pitch']} px must equal one vision cell ({cell} px)"
