@@ -5,7 +5,8 @@
 
 Q&A and extraction: exact match / F1 (SQuAD normalisation); focused summaries: ROUGE-L; transcription: character
 error rate on fresh pages; for Q&A and extraction also the calibration of the engine's confidence (exact match of
-the more confident half vs the less confident half). Splits (scripts/make_synthetic_dataset.py): `test_values` (names and numbers never seen
+the more confident half vs the less confident half); and Q&A on documents typed by hand in a new user's styles
+(`--user-documents`, default `recipes/demo/user_documents.jsonl`). Splits (scripts/make_synthetic_dataset.py): `test_values` (names and numbers never seen
 in training), `test_paraphrases` (instruction templates never seen), `test_layouts` (page layouts never seen).
 Greedy decoding, batched through InstructionEngine (the product's serving path).
 
@@ -47,8 +48,26 @@ def calibration(records: list[dict]) -> dict:
             "median_confidence": round(ranked[half]["confidence"], 4)}
 
 
+def score_user_documents(engine, path: Path) -> dict:
+    """Q&A on documents typed by hand in a new user's styles (`recipes/demo/user_documents.jsonl`: lines, bullets,
+    a table, prose, fields reordered; names and numbers not from the generator): exact match overall and per
+    style, and the calibration."""
+    rows = [json.loads(line) for line in open(path)]
+    _, records = evaluate(engine, rows, ("exact_match",), 16, MAX_NEW_TOKENS["qa"])
+    by_style = defaultdict(list)
+    for row, record in zip(rows, records):
+        by_style[row["style"]].append(exact_match(record["prediction"], row["answer"]))
+    hits = [h for style in by_style.values() for h in style]
+    out = {"n": len(rows), "exact_match": round(100 * sum(hits) / len(hits), 2),
+           "by_style": {s: f"{int(sum(h))}/{len(h)}" for s, h in by_style.items()}, "calibration": calibration(records),
+           "wrong": [{k: r[k] for k in ("instruction", "prediction", "answer")} for r in records
+                     if not exact_match(r["prediction"], r["answer"])][:5]}
+    print("user documents", {k: out[k] for k in ("exact_match", "by_style", "calibration")}, flush=True)
+    return out
+
+
 def score_checkpoint(engine, data: Path, transcription: Path | None, constant_instruction=None, limit=None,
-                     reading=False):
+                     reading=False, user_documents: Path | None = None):
     report = {}
     for split in SPLITS:
         rows = [json.loads(line) for line in open(data / f"{split}.jsonl")]
@@ -75,6 +94,8 @@ def score_checkpoint(engine, data: Path, transcription: Path | None, constant_in
         cer = character_error_rate([r["prediction"] for r in records], [r["answer"] for r in records])
         report["transcription"] = {"n": len(rows), "cer": round(cer, 4)}
         print("transcription CER", round(cer, 4), flush=True)
+    if user_documents is not None:
+        report["user_documents"] = score_user_documents(engine, user_documents)
     if reading:  # test_values Q&A was just answered with the same rows: reuse its exact match
         report["reading"] = reading_diagnostic(engine, data, limit, {"test_values": report["test_values"]["qa"]})
     return report
@@ -127,6 +148,19 @@ def calibration_table(paths: list[str]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""  # reports written before calibration was measured
 
 
+def user_documents_table(paths: list[str]) -> str:
+    lines = ["| model | hand-typed Q&A EM | by style (exact / asked) | EM top / bottom half of confidence |",
+             "|---|---|---|---|"]
+    for path in paths:
+        report = json.load(open(path))
+        u = report["scores"].get("user_documents")
+        if u:
+            styles = ", ".join(f"{s} {v}" for s, v in u["by_style"].items())
+            lines.append(f"| {report['label']} | {u['exact_match']:.1f} ({u['n']} questions) | {styles} | "
+                         f"{u['calibration']['em_top_half']:.1f} / {u['calibration']['em_bottom_half']:.1f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def table(paths: list[str]) -> str:
     """One markdown row per checkpoint report: Q&A and extraction EM/F1, summary ROUGE-L per split + CER."""
     head = ["model"]
@@ -153,6 +187,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", help="row name in the table (default: the folder name)")
     parser.add_argument("--data", default="runs/demo/data/eval", help="folder with the test_*.jsonl splits")
     parser.add_argument("--transcription", default="runs/demo/data/eval_transcription/test_values.jsonl")
+    parser.add_argument("--user-documents", default=str(Path(__file__).parent / "user_documents.jsonl"),
+                        help="hand-typed documents and questions in a new user's styles ('' skips them)")
     parser.add_argument("--constant-instruction", help="the ablation's fixed instruction (run_instruct --constant_instruction)")
     parser.add_argument("--limit", type=int, default=None, help="rows per split and task")
     parser.add_argument("--reading", action="store_true", help="add the reading diagnostic (validation + test_values)")
@@ -160,11 +196,14 @@ def main(argv=None) -> int:
     parser.add_argument("--table", nargs="+", help="print the markdown tables of these reports and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print("\n\n".join(t for t in (table(args.table), calibration_table(args.table), reading_table(args.table)) if t))
+        tables = (table(args.table), calibration_table(args.table), user_documents_table(args.table),
+                  reading_table(args.table))
+        print("\n\n".join(t for t in tables if t))
         return 0
     if not args.model:
         parser.error("--model is required (or --table)")
-    for name, path in (("--data", Path(args.data) / "test_values.jsonl"), ("--transcription", args.transcription)):
+    for name, path in (("--data", Path(args.data) / "test_values.jsonl"), ("--transcription", args.transcription),
+                       ("--user-documents", args.user_documents)):
         if path and not Path(path).is_file():  # before the model runs for minutes, not after
             parser.error(f"{name}: {path} does not exist (make it with scripts/make_synthetic_dataset.py, "
                          "see recipes/demo/README.md; --transcription '' skips transcription)")
@@ -172,7 +211,7 @@ def main(argv=None) -> int:
     engine = InstructionEngine(args.model)
     transcription = Path(args.transcription) if args.transcription else None
     scores = score_checkpoint(engine, Path(args.data), transcription, args.constant_instruction, args.limit,
-                              args.reading)
+                              args.reading, Path(args.user_documents) if args.user_documents else None)
     report = {"label": args.label or Path(args.model).name, "model": args.model, "scores": scores,
               "constant_instruction": args.constant_instruction, "seconds": round(time.perf_counter() - started)}
     if args.out:
