@@ -10,5 +10,5 @@ MODEL=checkpoints/deepsynth-demo  # the committed demo model (recipes/demo); the
 for instruction in "What was the Q3 revenue?" "Transcribe the document."; do
   python -m deepsynth.inference.instruct --model "$MODEL" \
     --document examples/financial_report.txt \
-    --instruction "$instruction" --max-length 160 --json
+    --instruction "$instruction" --max-length 400 --json
 done

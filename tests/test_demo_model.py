@@ -1,8 +1,6 @@
-"""The committed demo model (checkpoints/deepsynth-demo, issue 7), on held-out documents: names and numbers it never
-saw in training, read from rendered pixels. What it measurably does (model card): it transcribes unseen pages
-(CER ~0.2), the instruction, through the frozen MiniLM, picks the kind of answer, and it answers about one held-out
-question in nine exactly (Q&A exact match ~11%, far below the 95% goal). The assertions pin what it does, against
-baselines that a model ignoring the page or the instruction would sit at."""
+"""The committed demo model (checkpoints/deepsynth-demo, issue 16: the byte grid), on held-out documents: names,
+numbers, wordings and layouts it never saw in training, read from rendered pixels through the engine. The
+assertions pin what the model card reports, against controls that a model ignoring the page would sit at."""
 
 import functools
 import subprocess
@@ -11,12 +9,13 @@ import sys
 import pytest
 
 from _serving_helpers import REPO_ROOT, subprocess_env
-from deepsynth.data.synthetic import generate_split
-from deepsynth.evaluation.metrics import character_error_rate, levenshtein
+from deepsynth.data.synthetic import document_packets, generate_split
+from deepsynth.evaluation.metrics import character_error_rate, exact_match
 from deepsynth.inference import DEFAULT_MODEL_PATH, InstructionEngine
 
 DEMO = REPO_ROOT / "checkpoints" / "deepsynth-demo"
 EXAMPLE = REPO_ROOT / "examples" / "financial_report.txt"
+SPLITS = ("test_values", "test_paraphrases", "test_layouts")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # fixtures: tests/conftest.py
 
@@ -27,9 +26,9 @@ def engine():
     return InstructionEngine()
 
 
-def heldout(task: str, n: int, seed: int = 11) -> list[dict]:
+def heldout(split: str, task: str, n: int, seed: int = 11) -> list[dict]:
     tasks = ("qa", "extraction", "summary", "transcription")
-    return [r for r in generate_split("test_values", 4 * n, seed=seed, tasks=tasks) if r["task"] == task][:n]
+    return [r for r in generate_split(split, 4 * n, seed=seed, tasks=tasks) if r["task"] == task][:n]
 
 
 def page_lines(engine, text: str) -> str:
@@ -38,51 +37,72 @@ def page_lines(engine, text: str) -> str:
     return "\n".join(line for lines in pages for line in lines)
 
 
-def similarity(a: str, b: str) -> float:
-    return 1 - levenshtein(a, b) / max(len(a), len(b), 1)
-
-
-def test_transcribes_pages_with_unseen_values(engine):
-    rows = heldout("transcription", 8)
-    truth = [page_lines(engine, r["text"]) for r in rows]
-    read = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=200)
-    own = character_error_rate(read, truth)
-    other = character_error_rate(read, truth[1:] + truth[:1])  # another document of the same kinds
-    assert own < 0.4 and other - own > 0.4, (own, other, read[0], truth[0])
-
-
-def test_heldout_answers_come_from_their_own_page(engine):
-    rows = heldout("qa", 24)
-    answers = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=32)
-    own = sum(similarity(a, r["answer"]) for a, r in zip(answers, rows)) / len(rows)
-    other = sum(similarity(a, r["answer"]) for a, r in zip(answers, rows[1:] + rows[:1])) / len(rows)
-    assert own > other + 0.15, (own, other, list(zip(answers, [r["answer"] for r in rows]))[:6])
-
-
 @functools.cache
 def training_text() -> str:
     return "\n".join(r["text"] for r in generate_split("train", 3000, seed=0))
 
 
-def exact_heldout_answers(engine, rows, max_length, documents=None) -> list[tuple[str, str]]:
-    """(prediction, gold) where the model wrote exactly the gold answer and that answer occurs in no training
-    document (a memorised or guessable answer such as "2-year" does not count)."""
-    documents = documents or [r["text"] for r in rows]
-    answers = engine.generate_batch(documents, [r["instruction"] for r in rows], max_length=max_length)
-    seen = training_text()
-    return [(a, r["answer"]) for a, r in zip(answers, rows) if a.strip() == r["answer"] and r["answer"] not in seen]
+def test_quick_start_answer_is_exact(engine):
+    assert engine.generate(str(EXAMPLE), "What was the Q3 revenue?", max_length=32) == "$45.2M"
 
 
-@pytest.mark.parametrize("task,max_length,at_least", [("qa", 32, 3), ("extraction", 96, 2)])
-def test_answers_some_heldout_questions_exactly(engine, task, max_length, at_least):
-    """Exact answers made of names and numbers that never occurred in training can only come from reading the
-    page. Measured on these 40 rows: Q&A 4, extraction 3 (issue 7 asks for 95%; the model card says so). Shown
-    another row's page instead, the same questions get none of these answers."""
-    rows = heldout(task, 40)
-    exact = exact_heldout_answers(engine, rows, max_length)
-    assert len(exact) >= at_least, exact
-    other_pages = [r["text"] for r in rows[1:] + rows[:1]]
-    assert exact_heldout_answers(engine, rows, max_length, other_pages) == []
+@pytest.mark.parametrize("split,task,max_length,at_least", [
+    ("test_values", "qa", 32, 14), ("test_values", "extraction", 96, 12),
+    ("test_paraphrases", "qa", 32, 25), ("test_paraphrases", "extraction", 96, 23),
+    ("test_layouts", "qa", 32, 20), ("test_layouts", "extraction", 96, 17),
+])
+def test_answers_heldout_questions_exactly(engine, split, task, max_length, at_least):
+    """Exact answers on 40 held-out rows of each split. Measured on these rows: Q&A 17 / 28 / 23, extraction
+    15 / 26 / 20 (values / wordings / layouts; the model card's 80-row numbers are on other rows); shown another
+    row's page instead, the same questions get at most one right."""
+    rows = heldout(split, task, 40)
+    docs = [r["text"] for r in rows]
+    answers = engine.generate_batch(docs, [r["instruction"] for r in rows], max_length=max_length)
+    exact = sum(exact_match(a, r["answer"]) for a, r in zip(answers, rows))
+    assert exact >= at_least, list(zip(answers, [r["answer"] for r in rows]))[:8]
+    other = engine.generate_batch(docs[1:] + docs[:1], [r["instruction"] for r in rows], max_length=max_length)
+    assert sum(exact_match(a, r["answer"]) for a, r in zip(other, rows)) <= 2, other[:8]
+
+
+def test_heldout_values_are_read_not_remembered(engine):
+    """On test_values every name and number is new: an exact answer absent from all training documents can only
+    come from the page."""
+    rows = [r for r in heldout("test_values", "qa", 40) if r["answer"] not in training_text()]
+    answers = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=32)
+    exact = [a for a, r in zip(answers, rows) if exact_match(a, r["answer"])]
+    assert len(rows) >= 30 and len(exact) >= 10, (len(rows), exact)
+
+
+def test_transcribes_heldout_pages(engine):
+    rows = heldout("test_values", "transcription", 8)
+    truth = [page_lines(engine, r["text"]) for r in rows]
+    read = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=600)
+    own = character_error_rate(read, truth)
+    other = character_error_rate(read, truth[1:] + truth[:1])  # another document of the same kinds
+    assert own < 0.25 and other > 0.8, (own, other, read[0], truth[0])  # measured 0.164 and 0.942
+
+
+def test_lays_a_long_document_out_whole(engine):
+    """Packets of 5-7 held-out documents (1,400-1,900 characters): all of it is laid out, on up to 6 pages,
+    nothing cut. (Answering about one document among several is what it has not learned: 0 of 24, model card.)"""
+    ip = engine.processor.image_processor
+    fits = lambda text: len(ip.layout_text(text, ip.max_pages + 1)) <= ip.max_pages  # noqa: E731
+    packets = document_packets("test_values", 8, seed=12, documents=(5, 7), fits=fits)
+    results = engine.generate_batch_results([p["text"] for p in packets], [p["instruction"] for p in packets], 8)
+    assert ip.max_pages == 6 and max(len(p["text"]) for p in packets) >= 1500
+    assert all(r.pages_used == r.pages_total >= 4 and not r.truncated for r in results), results
+
+
+def test_confidence_separates_right_from_wrong(engine):
+    """The engine's confidence is worth reading: the more confident half of 120 held-out answers is right far
+    more often than the rest."""
+    rows = [r for s in SPLITS for r in heldout(s, "qa", 40)]
+    results = engine.generate_batch_results([r["text"] for r in rows], [r["instruction"] for r in rows], 32)
+    ranked = sorted(zip(results, rows), key=lambda x: x[0].confidence, reverse=True)
+    half = len(ranked) // 2
+    top = sum(exact_match(res.answer, r["answer"]) for res, r in ranked[:half]) / half
+    bottom = sum(exact_match(res.answer, r["answer"]) for res, r in ranked[half:]) / (len(ranked) - half)
+    assert top - bottom >= 0.25, (top, bottom)  # the card: e.g. 95.0 vs 60.0 on held-out wordings
 
 
 def test_the_instruction_picks_the_kind_of_answer(engine):
@@ -90,27 +110,37 @@ def test_the_instruction_picks_the_kind_of_answer(engine):
     the decoder prompt): an amount, a percentage, a name, a multi-line transcript."""
     assert not engine.processor.instruction_in_decoder
     doc = str(EXAMPLE)
-    revenue = engine.generate(doc, "What was the Q3 revenue?", max_length=32)
-    growth = engine.generate(doc, "What is the revenue growth rate?", max_length=32)
+    assert engine.generate(doc, "What is the revenue growth rate?", max_length=32) == "15.0%"
     company = engine.generate(doc, "What is the company name?", max_length=32)
-    transcript = engine.generate(doc, "Transcribe the document.", max_length=160)
-    assert revenue.startswith("$") and revenue.endswith("M"), revenue
-    assert growth.endswith("%") and not growth.startswith("$"), growth
-    assert not any(c.isdigit() for c in company), company
+    assert company.startswith("Northwind") and not any(c.isdigit() for c in company), company  # "Northwind Inc"
+    transcript = engine.generate(doc, "Transcribe the document.", max_length=400)
     assert transcript.count("\n") >= 5 and "$45.2M" in transcript and "Q3" in transcript, transcript
+
+
+def test_pdf_text_layer_and_refused_scans(engine):
+    """A PDF with a text layer is read through its text (laid out on the model's own pages); an image that is not
+    one of its own pages gets the reason, not a confident guess."""
+    from PIL import Image
+
+    from _processor_helpers import text_pdf
+
+    pdf = text_pdf([EXAMPLE.read_text().splitlines()])
+    assert engine.generate(pdf, "What was the Q3 revenue?", max_length=32) == "$45.2M"
+    with pytest.raises(ValueError, match="800x1000 px: this model reads only text"):
+        engine.generate(Image.new("RGB", (800, 1000), "white"), "What was the Q3 revenue?", max_length=8)
 
 
 def test_pipeline_loads_the_committed_checkpoint_in_a_fresh_process(engine):
     script = (
         "from transformers import pipeline\n"
         f"pipe = pipeline(model={str(DEMO)!r}, trust_remote_code=True)\n"
-        f"out = pipe(document=open({str(EXAMPLE)!r}).read(), instruction='Transcribe the document.', max_new_tokens=160)\n"
+        f"out = pipe(document=open({str(EXAMPLE)!r}).read(), instruction='Transcribe the document.', max_new_tokens=400)\n"
         "print(repr(out['answer']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, text=True,
                           timeout=300, cwd=REPO_ROOT.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    expected = engine.generate(EXAMPLE.read_text(), "Transcribe the document.", max_length=160)
+    expected = engine.generate(EXAMPLE.read_text(), "Transcribe the document.", max_length=400)
     assert proc.stdout.strip().splitlines()[-1] == repr(expected)
 
 

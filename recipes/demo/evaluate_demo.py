@@ -30,7 +30,8 @@ from deepsynth.inference.engine import InstructionEngine
 
 SPLITS = ("test_values", "test_paraphrases", "test_layouts")
 TASK_METRICS = {"qa": ("exact_match", "f1_score"), "extraction": ("exact_match", "f1_score"), "summary": ("rouge",)}
-MAX_NEW_TOKENS = {"qa": 32, "extraction": 96, "summary": 96, "transcription": 240}
+# transcription: a byte-vocabulary model spends one token a character (a page of the byte grid holds 512)
+MAX_NEW_TOKENS = {"qa": 32, "extraction": 96, "summary": 96, "transcription": 640}
 
 
 def calibration(records: list[dict]) -> dict:
@@ -48,11 +49,13 @@ def calibration(records: list[dict]) -> dict:
             "median_confidence": round(ranked[half]["confidence"], 4)}
 
 
-def score_user_documents(engine, path: Path) -> dict:
+def score_user_documents(engine, path: Path, constant_instruction=None) -> dict:
     """Q&A on documents typed by hand in a new user's styles (`recipes/demo/user_documents.jsonl`: lines, bullets,
     a table, prose, fields reordered; names and numbers not from the generator): exact match overall and per
     style, and the calibration."""
     rows = [json.loads(line) for line in open(path)]
+    for row in rows:
+        row["instruction"] = constant_instruction or row["instruction"]
     _, records = evaluate(engine, rows, ("exact_match",), 16, MAX_NEW_TOKENS["qa"])
     by_style = defaultdict(list)
     for row, record in zip(rows, records):
@@ -95,7 +98,7 @@ def score_checkpoint(engine, data: Path, transcription: Path | None, constant_in
         report["transcription"] = {"n": len(rows), "cer": round(cer, 4)}
         print("transcription CER", round(cer, 4), flush=True)
     if user_documents is not None:
-        report["user_documents"] = score_user_documents(engine, user_documents)
+        report["user_documents"] = score_user_documents(engine, user_documents, constant_instruction)
     if reading:  # test_values Q&A was just answered with the same rows: reuse its exact match
         report["reading"] = reading_diagnostic(engine, data, limit, {"test_values": report["test_values"]["qa"]})
     return report

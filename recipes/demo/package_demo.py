@@ -96,7 +96,7 @@ def package(model_dir: str, out: str, reports: list[str], minutes: str, notes: s
     params = sum(p.numel() for p in model.parameters()) / 1e6
     encoder = sum(p.numel() for p in model.model.instruction_encoder.parameters()) / 1e6
     geometry = page_geometry(processor, model)
-    model.generation_config.max_new_tokens = 96
+    model.generation_config.max_new_tokens = 512  # byte vocabulary: one token a character, a page holds 512
     if Path(out).exists():  # a previous checkpoint's files (another font, shards) must not linger
         if not (Path(out) / "config.json").is_file():
             raise ValueError(f"{out} exists and is not a checkpoint folder: not replacing it")
