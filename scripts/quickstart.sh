@@ -6,7 +6,7 @@ bash scripts/setup_env.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 MODEL=checkpoints/deepsynth-demo  # the committed demo model (recipes/demo); the engine default too
-# The demo model reads the page (transcription) far better than it answers exactly (README, "The demo model").
+# The demo model answers from the page, then transcribes it (README, "The demo model").
 for instruction in "What was the Q3 revenue?" "Transcribe the document."; do
   python -m deepsynth.inference.instruct --model "$MODEL" \
     --document examples/financial_report.txt \
