@@ -69,7 +69,7 @@ character error rate on fresh pages (lower is better).
 
 {main_table}
 
-Confidence (the engine's mean token probability of the answer): exact match of the more confident half of the
+Confidence (the engine's geometric mean probability of the answer's tokens): exact match of the more confident half of the
 rows vs the less confident half.
 
 {calibration_table}
