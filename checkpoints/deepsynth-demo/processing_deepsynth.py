@@ -321,8 +321,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                 pages += self._collect(part, limit - len(pages))
             return pages
         if isinstance(doc, Image.Image):
-            self._check_own_page(doc.width, doc.height, "image")
-            self._check_pixels(doc.width, doc.height, "image")
+            self._check_image(doc.width, doc.height, "image")
             return [_as_rgb(doc)]
         if isinstance(doc, np.ndarray):
             return [self._from_array(doc)]
@@ -347,7 +346,9 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
     def _text_pages(self, text: str, limit: int):
         return [lambda lines=lines: self.draw_page(lines) for lines in self.layout_text(text, max_pages=limit)]
 
-    def _check_own_page(self, width: int, height: int, name: str) -> None:
+    def _check_image(self, width: int, height: int, name: str) -> None:
+        """Before an image page is decoded: its size must be this processor's own page size (only_own_page_images)
+        and within max_image_pixels."""
         if self.only_own_page_images and (width, height) != (self.page_width, self.page_height):
             raise ValueError(
                 f"{name} is {width}x{height} px: this model reads only text laid out on its own "
@@ -355,8 +356,6 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
                 "a scan or photo would be shrunk past legibility. Give the document's text, or a PDF that has a "
                 "text layer"
             )
-
-    def _check_pixels(self, width: int, height: int, name: str) -> None:
         if width * height > self.max_image_pixels:
             raise ValueError(
                 f"{name} is {width}x{height} pixels, more than max_image_pixels={self.max_image_pixels} (a "
@@ -368,8 +367,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             raise ValueError(f"numpy pages must be uint8 (H, W) or (H, W, 1|3|4), got {arr.dtype} {arr.shape}")
         if arr.size == 0:
             raise ValueError(f"empty document: numpy page of shape {arr.shape}")
-        self._check_own_page(arr.shape[1], arr.shape[0], "numpy page")
-        self._check_pixels(arr.shape[1], arr.shape[0], "numpy page")
+        self._check_image(arr.shape[1], arr.shape[0], "numpy page")
         return Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr).convert("RGB")
 
     def _from_file(self, path: str, limit: int):
@@ -402,8 +400,7 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
             raise ValueError(f"{name} is too large to decode: {e} (max_image_pixels={self.max_image_pixels})") from None
         except Exception as e:
             raise ValueError(f"cannot read {name} as an image or PDF: {e}") from None
-        self._check_own_page(image.width, image.height, name)
-        self._check_pixels(image.width, image.height, name)
+        self._check_image(image.width, image.height, name)
         try:
             image.load()  # decode now: a truncated or corrupt file must fail here, not later
             return [_as_rgb(image)]
@@ -436,14 +433,15 @@ class DeepSynthImageProcessor(BaseImageProcessor, DeepSynthTextRenderer):
         the text could fill `limit` of this processor's pages (a page holds fewer than one character per 16 px²)."""
         import pypdfium2 as pdfium
 
-        enough, parts = limit * self.page_width * self.page_height // 16, []
+        enough, parts, chars = limit * self.page_width * self.page_height // 16, [], 0
         for i in range(len(pdf)):
             try:
                 text = pdf[i].get_textpage().get_text_range()
             except pdfium.PdfiumError as e:
                 raise ValueError(f"cannot read the text of page {i + 1} of {name}: {e}") from None
             parts.append(text.replace("\r\n", "\n").replace("\r", "\n").strip())
-            if sum(map(len, parts)) >= enough:
+            chars += len(parts[-1])
+            if chars >= enough:
                 break
         text = "\n\n".join(p for p in parts if p)
         if not text:

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from grid_text_stage import build, log, optimizer_and_schedule, resume, save_state  # noqa: E402  (and the repo path)
+from grid_text_stage import (  # noqa: E402  (and the repo path)
+    build, log, optimizer_and_schedule, optimizer_step, resume, save_state)
 
 from deepsynth.data.synthetic import iter_examples, random_lines_split  # noqa: E402
 from deepsynth.training.labels import char_cell_labels  # noqa: E402
@@ -104,11 +105,7 @@ def main(argv=None):
         pixels, lab, target = targets_and_pixels(ip, cells, texts)
         feats = base.multi_modal_projector(base.vision_tower(pixels).last_hidden_state)  # (n, g*g, D)
         loss = F.mse_loss(feats, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss, params, optimizer, schedule)
         step += 1
         losses.append(loss.item())
         if step % 25 == 0 or step == args.steps:  # and always the last step: its state is saved

@@ -280,6 +280,15 @@ def optimizer_and_schedule(params, args):
     return optimizer, schedule
 
 
+def optimizer_step(loss, params, optimizer, schedule) -> None:
+    """One update of stages T and V: backward, gradient norm clipped to 1, AdamW step, schedule step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    schedule.step()
+
+
 def save_state(state_file: Path, step: int, optimizer, schedule, **modules) -> None:
     torch.save({**{name: m.state_dict() for name, m in modules.items()}, "optimizer": optimizer.state_dict(),
                 "schedule": schedule.state_dict(), "step": step}, state_file)
@@ -383,11 +392,7 @@ def main(argv=None):
     while step < end:
         rows = next(stream)
         loss = batcher.loss(rows, args.noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
+        optimizer_step(loss, params, optimizer, schedule)
         step += 1
         window.append(loss.item())
         if step % 25 == 0 or step == end:  # and always the last step: its state is saved
