@@ -251,6 +251,27 @@ def test_invented_names_are_new_to_every_split_and_leave_the_default_data_alone(
         generate_split("test_values", 5, invented_names=0.5)
 
 
+def test_all_digits_lifts_the_digit_rule_for_training_documents_only():
+    """`all_digits`: numbers of that share of documents end in any digit (a small decoder learns the 0-6 rule
+    otherwise); names stay training names, and the default data is unchanged."""
+    def last_digits(rows):
+        return Counter(m.group(1)[-1] for r in rows for m in re.finditer(r"\$([\d,]+)", r["text"]))
+
+    assert generate_split("train", 200, seed=4, all_digits=0.0) == generate_split("train", 200, seed=4)
+    assert set(last_digits(generate_split("train", 200, seed=4))) <= set("0123456")
+    lifted = last_digits(generate_split("train", 200, seed=4, all_digits=1.0))
+    assert set(lifted) == set("0123456789") and min(lifted[d] for d in "789") > 20
+    half = generate_split("train", 400, seed=4, all_digits=0.5)
+    with_789 = sum(bool(set(last_digits([r])) & set("789")) for r in half)
+    assert 60 < with_789 < 200  # only the lifted half (about 200 documents) can, and most of it does
+    heldout_names = {f.value for _, doc in iter_examples("test_values", 100, seed=0) for f in doc.facts
+                     if f.type in ("person", "org", "product")}
+    text = "\n".join(r["text"] for r in half)
+    assert heldout_names and not any(name in text for name in heldout_names)
+    with pytest.raises(ValueError, match="all_digits applies to the train and validation"):
+        generate_split("test_layouts", 5, all_digits=0.5)
+
+
 def test_document_packets_ask_about_one_document_that_only_it_answers():
     limit = 2000
     packets = document_packets("test_values", 30, seed=1, documents=(3, 7), fits=lambda t: len(t) <= limit)

@@ -196,7 +196,8 @@ def training_rows(args):
     """Endless training rows: generator documents with `args.tasks`, and with probability
     `args.random_lines_fraction` a short transcription of 1-3 lines of random characters instead (the copy
     primitive, cell code -> bytes in reading order, with no language prior and short targets)."""
-    docs = iter_examples("train", 10**9, seed=args.data_seed, tasks=tuple(args.tasks), invented_names=args.invented_names)
+    docs = iter_examples("train", 10**9, seed=args.data_seed, tasks=tuple(args.tasks), invented_names=args.invented_names,
+                         all_digits=args.all_digits)
     rng, chunk = random.Random(f"grid-t:{args.data_seed}"), 0
     while True:
         randoms = random_lines_split("train", 512, seed=args.data_seed * 1000 + chunk, lines=(1, 3), chars=(4, 32))
@@ -346,6 +347,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--noise", type=float, default=0.3, help="Gaussian noise on cell embeddings (vision is noisy)")
     parser.add_argument("--data-seed", type=int, default=5)
     parser.add_argument("--invented-names", type=float, default=0.3)
+    parser.add_argument("--all-digits", type=float, default=0.0,
+                        help="share of documents whose numbers end in any digit (else 0-6: the held-out rule)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-rows", type=int, default=40)
     parser.add_argument("--eval-documents", type=int, default=6, help="fresh documents to transcribe whole")

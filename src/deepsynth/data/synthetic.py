@@ -15,6 +15,11 @@ Splits, each deterministic from (split, n, seed):
   test_paraphrases    instruction templates never used in training
   test_layouts        layouts never used in training ("table", "inline")
 
+`all_digits` (train and validation only, opt-in) lifts the digit rule for a fraction of training documents: their
+numbers end in any digit, as a user's do. A small decoder otherwise learns the rule itself (it writes "3.3%" for
+a page's "8.3%", "$1.8M" for "$19.8M"). Held-out names stay unseen; held-out numbers are then unseen in their
+own document only (a short one such as "8.3%" may occur in another training document).
+
 Transcription (task "transcription", opt-in via `tasks=`): the instruction asks to read the page, the answer is
 the document text. `random_lines_split` draws reading warm-up pages: 1-2 lines of random characters, no
 language prior to fall back on, so the only way to lower the loss is to read the pixels (research/reading).
@@ -35,7 +40,7 @@ import re
 import sys
 import textwrap
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
@@ -86,6 +91,7 @@ _TRAIN_PRODUCTS = ("Nova", "Pulse", "Vertex", "Orbit", "Falcon", "Echo", "Atlas"
 _HELDOUT_PRODUCTS = ("Quasar", "Zenith", "Borealis", "Tundra", "Mistral")
 _TRAIN_DIGITS = "0123456"
 _HELDOUT_DIGITS = "789"
+ALL_DIGITS = "0123456789"
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
           "September", "October", "November", "December")
 
@@ -104,7 +110,7 @@ class Pools:
 TRAIN_POOLS = Pools(_TRAIN_FIRST, _TRAIN_LAST, _TRAIN_STEMS, _TRAIN_PRODUCTS, _TRAIN_DIGITS)
 HELDOUT_POOLS = Pools(_HELDOUT_FIRST, _HELDOUT_LAST, _HELDOUT_STEMS, _HELDOUT_PRODUCTS, _HELDOUT_DIGITS)
 _HELDOUT_NAMES = _HELDOUT_FIRST + _HELDOUT_LAST + _HELDOUT_STEMS + _HELDOUT_PRODUCTS
-INVENTED_NAMES_SPLITS = ("train", "validation")  # the splits whose documents may take made-up names
+INVENTED_NAMES_SPLITS = ("train", "validation")  # the splits whose documents may take made-up names or all digits
 
 
 def _invented_word(rng: random.Random, syllables: tuple[int, int]) -> str:
@@ -495,14 +501,17 @@ def _make_task(task: str, doc: Document, text: str, template_set: str, rng: rand
     return templates[index].format(f=focus), doc.summaries[focus], template_id
 
 
-def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0):
+def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0,
+                  all_digits: float = 0.0):
     """Yield (row, document) pairs; `generate_split` keeps the rows. Tests use the documents. `tasks` are cycled
     (default: qa, extraction, summary; add "transcription" for reading rows, see ALL_TASKS). `invented_names`
-    (train and validation only): this fraction of documents takes its names from `invented_pools`."""
+    (train and validation only): this fraction of documents takes its names from `invented_pools`; `all_digits`
+    (train and validation only): this fraction of documents ends its numbers in any digit (module docstring)."""
     if split not in _SPLIT_CONFIG:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-    if invented_names and split not in INVENTED_NAMES_SPLITS:
-        raise ValueError(f"invented_names applies to the {' and '.join(INVENTED_NAMES_SPLITS)} splits, not {split!r}")
+    for name, value in (("invented_names", invented_names), ("all_digits", all_digits)):
+        if value and split not in INVENTED_NAMES_SPLITS:
+            raise ValueError(f"{name} applies to the {' and '.join(INVENTED_NAMES_SPLITS)} splits, not {split!r}")
     if not tasks or any(t not in ALL_TASKS + JSON_TASKS for t in tasks):
         raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS + JSON_TASKS}, got {tasks!r}")
     pools, template_set, layouts = _SPLIT_CONFIG[split]
@@ -514,7 +523,10 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         layout = rng.choice(layouts)
         # Draw nothing extra unless asked, so existing datasets stay byte for byte what they were.
         invent = invented_names > 0 and rng.random() < invented_names
-        doc = make_document(kind, rng, invented_pools(rng) if invent else pools)
+        doc_pools = invented_pools(rng) if invent else pools
+        if all_digits > 0 and rng.random() < all_digits:
+            doc_pools = replace(doc_pools, digits=ALL_DIGITS)
+        doc = make_document(kind, rng, doc_pools)
         text = render(doc, layout)
         instruction, answer, template_id = _make_task(task, doc, text, template_set, rng)
         row = {
@@ -532,9 +544,10 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         yield row, doc
 
 
-def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0) -> list[dict]:
+def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0,
+                   all_digits: float = 0.0) -> list[dict]:
     """`n` rows of `split` with keys id, text, instruction, answer, task, doc_kind, layout, template_id."""
-    return [row for row, _ in iter_examples(split, n, seed, tasks, invented_names)]
+    return [row for row, _ in iter_examples(split, n, seed, tasks, invented_names, all_digits)]
 
 
 def random_lines_split(
