@@ -1,6 +1,7 @@
 """Issue 16's byte-grid recipe (recipes/demo/grid_*.py): stage T puts the page grid in front of the decoder as a fixed
 cell code, stage V trains the vision tower to write that code, grid_assemble.py joins them into one checkpoint."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -103,6 +104,12 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
     grid_align_stage.main([*common, "--hidden", "32", "--out", str(tmp_path / "V"), "--steps", "2", "--batch", "2", "--warmup", "1"])
     log = (tmp_path / "T" / "log.jsonl").read_text().splitlines()
     assert all(k in log[-1] for k in ("test_values/qa", "random_lines_cer", "transcription_cer", "packets/qa"))
+    # --evaluate-only scores the saved weights on the same rows: the last logged evaluation, number for number
+    bound = tmp_path / "bound.json"
+    grid_text_stage.main([*common, *TINY, "--init", str(tmp_path / "T"), "--evaluate-only", str(bound),
+                          "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1"])
+    scored = json.loads(bound.read_text())
+    assert scored["rows"] == 1 and {k: scored[k] for k in json.loads(log[-1])["eval"]} == json.loads(log[-1])["eval"]
     vision = torch.load(tmp_path / "V" / "vision.pt")
     assert vision and all(k.startswith(("model.vision_tower.", "model.multi_modal_projector.")) for k in vision)
     grid_assemble.main(["--stage-t", str(tmp_path / "T"), "--stage-v", str(tmp_path / "V"), "--out", str(tmp_path / "TV")])

@@ -243,6 +243,11 @@ def eval_packets(image_processor, n: int) -> list[dict]:
     return document_packets("test_values", n, seed=1, documents=(4, 7), fits=fits_pages(image_processor))
 
 
+def eval_documents(n: int) -> list[dict]:
+    """Fresh whole documents to transcribe (validation, seed 3)."""
+    return [r for r, _ in iter_examples("validation", n, seed=3, tasks=("transcription",))]
+
+
 def evaluate(batcher, rows_by_split: dict, packets: list[dict], documents: list[dict]) -> dict:
     """Held-out Q&A / extraction EM and F1 per split; the copy primitive: CER of 12 fresh random-line
     transcriptions (1-3 lines of random characters; ~0.97 before copying appears); whole-document transcription
@@ -331,7 +336,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processor", required=True)
     parser.add_argument("--config", default=str(HERE / "grid" / "model_config.json"))
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="the stage's folder (required unless --evaluate-only)")
+    parser.add_argument("--evaluate-only", type=Path, metavar="JSON",
+                        help="score --init on the held-out rows from the exact cell code (the text-only bound of "
+                        "its decoder: the page's characters without reading) into this file, and stop")
     parser.add_argument("--cells", type=Path, required=True, help="the cell code shared with stage V (made if absent)")
     parser.add_argument("--learn-code", action="store_true",
                         help="learn the cell code, starting from the byte embeddings; written to --cells at the end")
@@ -363,7 +371,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-pages", type=int, help="pages a document may fill (default: the processor's)")
     parser.add_argument("--tasks", nargs="+", default=list(ANSWERING), help="generator tasks, cycled")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None and args.evaluate_only is None:
+        parser.error("--out is required (unless --evaluate-only)")
+    if args.evaluate_only is not None and args.init is None:
+        parser.error("--evaluate-only scores the weights of --init: pass it")
+    return args
 
 
 def main(argv=None):
@@ -375,6 +388,12 @@ def main(argv=None):
         result = model.load_state_dict(load_file(args.init / "model.safetensors"), strict=False)
         if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:  # lm_head is tied, not saved
             raise ValueError(f"{args.init} does not fit this decoder: {result}")
+    if args.evaluate_only is not None:
+        report = evaluate(GridBatcher(model, processor, cells), eval_rows(args.eval_rows),
+                          eval_packets(processor.image_processor, args.eval_packets), eval_documents(args.eval_documents))
+        args.evaluate_only.write_text(json.dumps({"model": str(args.init), "rows": args.eval_rows, **report}, indent=1))
+        print(json.dumps(report), flush=True)
+        return
     params = trainable(model) + (list(cells.parameters()) if args.learn_code else [])
     optimizer, schedule = optimizer_and_schedule(params, args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -383,7 +402,7 @@ def main(argv=None):
     batcher = GridBatcher(model, processor, cells)
     held_out = eval_rows(args.eval_rows)
     held_out_packets = eval_packets(processor.image_processor, args.eval_packets)
-    held_out_documents = [r for r, _ in iter_examples("validation", args.eval_documents, seed=3, tasks=("transcription",))]
+    held_out_documents = eval_documents(args.eval_documents)
     stream = training_batches(args, processor.image_processor)
     for _ in range(step):  # replay the data order on resume
         next(stream)
