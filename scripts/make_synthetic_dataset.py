@@ -59,15 +59,16 @@ def as_rendered(row: dict, ip) -> dict:
     return {**row, "text": text, "answer": "\n".join(line for lines in pages for line in lines)}
 
 
-def make_rows(task, split, n, seed, ip=None, lines=(1, 2), invented_names=0.0):
+def make_rows(task, split, n, seed, ip=None, lines=(1, 2), **variety):
+    """`variety`: the training-only fractions of `generate_split` (invented_names, all_digits, shuffled_fields),
+    applied to the train and validation splits only."""
     if task == "random_lines":
         fits = None
         if ip is not None:
             font, room = ip._font(), ip.page_width - 2 * ip.margin
             fits = lambda s: ip._width(font, s) <= room  # noqa: E731
         return random_lines_split(split, n, seed, lines=lines, fits=fits)
-    rows = generate_split(split, n, seed, tasks=TASK_SETS[task],
-                          invented_names=invented_names if split in INVENTED_NAMES_SPLITS else 0.0)
+    rows = generate_split(split, n, seed, tasks=TASK_SETS[task], **(variety if split in INVENTED_NAMES_SPLITS else {}))
     if ip is not None:
         rows = [as_rendered(r, ip) if r["task"] == "transcription" else r for r in rows]
     return rows
@@ -93,6 +94,10 @@ def main(argv=None) -> None:
         help="train and validation only: this fraction of documents takes made-up names (people, companies, "
         "products) instead of the training pools, so the model must copy names rather than recall them",
     )
+    parser.add_argument("--all-digits", type=float, default=0.0,
+                        help="train and validation only: this fraction of documents ends its numbers in any digit")
+    parser.add_argument("--shuffled-fields", type=float, default=0.0,
+                        help="train and validation only: this fraction of documents lists its facts in a random order")
     defaults = {"train": 5000, "validation": 300, "test_values": 300, "test_paraphrases": 300, "test_layouts": 300}
     for split in SPLITS:
         parser.add_argument(f"--{split.replace('_', '-')}", type=int, default=defaults[split], help=f"rows (default {defaults[split]}; 0 skips)")
@@ -100,7 +105,9 @@ def main(argv=None) -> None:
 
     sizes = {split: getattr(args, split) for split in SPLITS if getattr(args, split) > 0}
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.task == "instructions" and args.processor is None and not args.invented_names:  # the original path
+    variety = {"invented_names": args.invented_names, "all_digits": args.all_digits,
+               "shuffled_fields": args.shuffled_fields}
+    if args.task == "instructions" and args.processor is None and not any(variety.values()):  # the original path
         for split, ds in build_dataset_dict(sizes, seed=args.seed).items():
             path = args.out / f"{split}.jsonl"
             ds.to_json(str(path), lines=True, force_ascii=False)
@@ -110,7 +117,7 @@ def main(argv=None) -> None:
     lines = tuple(int(x) for x in args.lines.split(","))
     for split, n in sizes.items():
         path = args.out / f"{split}.jsonl"
-        rows = make_rows(args.task, split, n, args.seed, ip, lines, args.invented_names)
+        rows = make_rows(args.task, split, n, args.seed, ip, lines, **variety)
         if split == "train" and args.random_lines_fraction > 0:
             extra = make_rows("random_lines", split, round(n * args.random_lines_fraction), args.seed + 1000, ip, (3, 8))
             rows = rows + extra

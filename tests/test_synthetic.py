@@ -228,6 +228,14 @@ def test_build_dataset_dict_and_script(tmp_path):
     tasks = Counter(json.loads(line)["task"] for line in (answering / "train.jsonl").read_text().splitlines())
     assert tasks == {"qa": 20, "extraction": 20, "summary": 10, "transcription": 10}
 
+    # the training-only variety options reach the train and validation rows, never a held-out split
+    varied = tmp_path / "varied"
+    script.main(["--out", str(varied), "--train", "30", "--validation", "0", "--test-values", "10", "--test-paraphrases",
+                 "0", "--test-layouts", "0", "--all-digits", "1", "--shuffled-fields", "1", "--invented-names", "0.5"])
+    read = {s: [json.loads(line) for line in (varied / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "test_values")}
+    assert read["train"] == generate_split("train", 30, all_digits=1.0, shuffled_fields=1.0, invented_names=0.5)
+    assert read["test_values"] == generate_split("test_values", 10)
+
 
 def test_invented_names_are_new_to_every_split_and_leave_the_default_data_alone(training_rows):
     """The invented-names experiment's data: documents with made-up names (the model must copy them), never a
@@ -270,6 +278,24 @@ def test_all_digits_lifts_the_digit_rule_for_training_documents_only():
     assert heldout_names and not any(name in text for name in heldout_names)
     with pytest.raises(ValueError, match="all_digits applies to the train and validation"):
         generate_split("test_layouts", 5, all_digits=0.5)
+
+
+def test_shuffled_fields_change_the_order_and_keep_every_answer_on_the_page():
+    assert generate_split("train", 100, seed=4, shuffled_fields=0.0) == generate_split("train", 100, seed=4)
+    plain = [doc for _, doc in iter_examples("train", 200, seed=4)]
+    shuffled = list(iter_examples("train", 200, seed=4, shuffled_fields=1.0, tasks=("qa", "extraction")))
+    first_labels = Counter(doc.facts[0].label for doc in plain if doc.kind == "invoice")
+    assert len(first_labels) == 1  # in the generator's order an invoice always opens with the same field
+    assert len(Counter(doc.facts[0].label for _, doc in shuffled if doc.kind == "invoice")) >= 4
+    for row, doc in shuffled:
+        assert row["text"].splitlines()[0] == doc.title
+        if row["task"] == "qa":
+            assert row["answer"] in row["text"]
+        else:  # the extracted values in the order the page shows them
+            values = row["answer"].split("; ")
+            assert [row["text"].find(v) for v in values] == sorted(row["text"].find(v) for v in values)
+    with pytest.raises(ValueError, match="shuffled_fields applies to the train and validation"):
+        generate_split("test_paraphrases", 5, shuffled_fields=0.5)
 
 
 def test_document_packets_ask_about_one_document_that_only_it_answers():

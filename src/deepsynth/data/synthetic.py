@@ -446,7 +446,7 @@ def _wrap(text: str, protect: list[str], width: int = 72) -> list[str]:
 
 
 def render(doc: Document, layout: str) -> str:
-    """The document as plain text in one layout; every layout keeps the facts in the same order."""
+    """The document as plain text in one layout; every layout keeps the facts in `doc.facts` order."""
     if layout == "fields":  # "Label: value" lines
         body = [f"{f.label}: {f.value}" for f in doc.facts]
     elif layout == "prose":  # one wrapped paragraph
@@ -502,14 +502,17 @@ def _make_task(task: str, doc: Document, text: str, template_set: str, rng: rand
 
 
 def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0,
-                  all_digits: float = 0.0):
+                  all_digits: float = 0.0, shuffled_fields: float = 0.0):
     """Yield (row, document) pairs; `generate_split` keeps the rows. Tests use the documents. `tasks` are cycled
     (default: qa, extraction, summary; add "transcription" for reading rows, see ALL_TASKS). `invented_names`
     (train and validation only): this fraction of documents takes its names from `invented_pools`; `all_digits`
-    (train and validation only): this fraction of documents ends its numbers in any digit (module docstring)."""
+    (train and validation only): this fraction of documents ends its numbers in any digit (module docstring);
+    `shuffled_fields`: this fraction of documents lists its facts in a random order (a user's fields come in any
+    order; in a fixed order a small decoder locates a field by its line instead of its label)."""
     if split not in _SPLIT_CONFIG:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
-    for name, value in (("invented_names", invented_names), ("all_digits", all_digits)):
+    for name, value in (("invented_names", invented_names), ("all_digits", all_digits),
+                        ("shuffled_fields", shuffled_fields)):
         if value and split not in INVENTED_NAMES_SPLITS:
             raise ValueError(f"{name} applies to the {' and '.join(INVENTED_NAMES_SPLITS)} splits, not {split!r}")
     if not tasks or any(t not in ALL_TASKS + JSON_TASKS for t in tasks):
@@ -527,6 +530,8 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         if all_digits > 0 and rng.random() < all_digits:
             doc_pools = replace(doc_pools, digits=ALL_DIGITS)
         doc = make_document(kind, rng, doc_pools)
+        if shuffled_fields > 0 and rng.random() < shuffled_fields:
+            rng.shuffle(doc.facts)
         text = render(doc, layout)
         instruction, answer, template_id = _make_task(task, doc, text, template_set, rng)
         row = {
@@ -544,10 +549,10 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         yield row, doc
 
 
-def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0,
-                   all_digits: float = 0.0) -> list[dict]:
-    """`n` rows of `split` with keys id, text, instruction, answer, task, doc_kind, layout, template_id."""
-    return [row for row, _ in iter_examples(split, n, seed, tasks, invented_names, all_digits)]
+def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, **variety) -> list[dict]:
+    """`n` rows of `split` with keys id, text, instruction, answer, task, doc_kind, layout, template_id.
+    `variety`: the training-only fractions of `iter_examples` (invented_names, all_digits, shuffled_fields)."""
+    return [row for row, _ in iter_examples(split, n, seed, tasks, **variety)]
 
 
 def random_lines_split(
