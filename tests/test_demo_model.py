@@ -43,7 +43,8 @@ def page_lines(engine, text: str) -> str:
 
 @functools.cache
 def training_text() -> str:
-    return "\n".join(r["text"] for r in generate_split("train", 3000, seed=0))
+    """Training-like documents as stage T6 drew them: half of them with numbers ending in any digit."""
+    return "\n".join(r["text"] for r in generate_split("train", 3000, seed=0, all_digits=0.5, invented_names=0.5))
 
 
 def test_quick_start_answer_is_exact(engine):
@@ -51,30 +52,30 @@ def test_quick_start_answer_is_exact(engine):
 
 
 @pytest.mark.parametrize("split,task,max_length,at_least", [
-    ("test_values", "qa", 32, 14), ("test_values", "extraction", 96, 12),
-    ("test_paraphrases", "qa", 32, 25), ("test_paraphrases", "extraction", 96, 23),
-    ("test_layouts", "qa", 32, 20), ("test_layouts", "extraction", 96, 17),
+    ("test_values", "qa", 32, 20), ("test_values", "extraction", 96, 26),
+    ("test_paraphrases", "qa", 32, 28), ("test_paraphrases", "extraction", 96, 23),
+    ("test_layouts", "qa", 32, 21), ("test_layouts", "extraction", 96, 18),
 ])
 def test_answers_heldout_questions_exactly(engine, split, task, max_length, at_least):
-    """Exact answers on 40 held-out rows of each split. Measured on these rows: Q&A 17 / 28 / 23, extraction
-    15 / 26 / 20 (values / wordings / layouts; the model card's 80-row numbers are on other rows); shown another
-    row's page instead, the same questions get at most one right."""
+    """Exact answers on 40 held-out rows of each split. Measured on these rows: Q&A 23 / 31 / 24, extraction
+    29 / 26 / 21 (values / wordings / layouts; the model card's 80-row numbers are on other rows); shown another
+    row's page instead, the same questions get at most two right."""
     rows = heldout(split, task, 40)
     docs = [r["text"] for r in rows]
     answers = engine.generate_batch(docs, [r["instruction"] for r in rows], max_length=max_length)
     exact = sum(exact_match(a, r["answer"]) for a, r in zip(answers, rows))
     assert exact >= at_least, list(zip(answers, [r["answer"] for r in rows]))[:8]
     other = engine.generate_batch(docs[1:] + docs[:1], [r["instruction"] for r in rows], max_length=max_length)
-    assert sum(exact_match(a, r["answer"]) for a, r in zip(other, rows)) <= 2, other[:8]
+    assert sum(exact_match(a, r["answer"]) for a, r in zip(other, rows)) <= 3, other[:8]  # measured 0-2
 
 
 def test_heldout_values_are_read_not_remembered(engine):
-    """On test_values every name and number is new: an exact answer absent from all training documents can only
-    come from the page."""
+    """On test_values every name and number is new to training-like documents: an exact answer absent from 3,000
+    of them (short numbers such as "8.3%" do occur, in other documents) can only come from the page."""
     rows = [r for r in heldout("test_values", "qa", 40) if r["answer"] not in training_text()]
     answers = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=32)
     exact = [a for a, r in zip(answers, rows) if exact_match(a, r["answer"])]
-    assert len(rows) >= 30 and len(exact) >= 10, (len(rows), exact)
+    assert len(rows) >= 18 and len(exact) >= 5, (len(rows), exact)  # measured 7 of 22
 
 
 def test_transcribes_heldout_pages(engine):
@@ -83,7 +84,7 @@ def test_transcribes_heldout_pages(engine):
     read = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=600)
     own = character_error_rate(read, truth)
     other = character_error_rate(read, truth[1:] + truth[:1])  # another document of the same kinds
-    assert own < 0.25 and other > 0.8, (own, other, read[0], truth[0])  # measured 0.164 and 0.942
+    assert own < 0.15 and other > 0.8, (own, other, read[0], truth[0])  # measured 0.098 and 0.939
 
 
 def test_lays_a_long_document_out_whole(engine):
@@ -103,7 +104,7 @@ def test_confidence_separates_right_from_wrong(engine):
     results = engine.generate_batch_results([r["text"] for r in rows], [r["instruction"] for r in rows], 32)
     halves = calibration([{"prediction": res.answer, "answer": r["answer"], "confidence": res.confidence}
                           for res, r in zip(results, rows)])  # as the model card measures it
-    assert halves["em_top_half"] - halves["em_bottom_half"] >= 25, halves  # the card: e.g. 95.0 vs 60.0 on wordings
+    assert halves["em_top_half"] - halves["em_bottom_half"] >= 40, halves  # measured 93.3 vs 36.7
 
 
 def test_the_instruction_picks_the_kind_of_answer(engine):
@@ -115,7 +116,9 @@ def test_the_instruction_picks_the_kind_of_answer(engine):
     company = engine.generate(doc, "What is the company name?", max_length=32)
     assert company.startswith("Northwind") and not any(c.isdigit() for c in company), company  # "Northwind Inc"
     transcript = engine.generate(doc, "Transcribe the document.", max_length=400)
-    assert transcript.count("\n") >= 5 and "$45.2M" in transcript and "Q3" in transcript, transcript
+    page = EXAMPLE.read_text(encoding="utf-8").strip()
+    cer = character_error_rate([transcript], [page])
+    assert transcript.count("\n") >= 5 and "Q3" in transcript and cer < 0.25, (cer, transcript)  # measured 0.144
 
 
 def test_pdf_text_layer_and_refused_scans(engine):
