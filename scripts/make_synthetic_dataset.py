@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from deepsynth.data.synthetic import (  # noqa: E402
-    INVENTED_NAMES_SPLITS, SPLITS, TASKS, build_dataset_dict, generate_split, random_lines_split,
+    SPLITS, TASKS, VARIETY_SPLITS, build_dataset_dict, generate_split, random_lines_split,
 )
 
 TASK_SETS = {
@@ -68,7 +68,7 @@ def make_rows(task, split, n, seed, ip=None, lines=(1, 2), **variety):
             font, room = ip._font(), ip.page_width - 2 * ip.margin
             fits = lambda s: ip._width(font, s) <= room  # noqa: E731
         return random_lines_split(split, n, seed, lines=lines, fits=fits)
-    rows = generate_split(split, n, seed, tasks=TASK_SETS[task], **(variety if split in INVENTED_NAMES_SPLITS else {}))
+    rows = generate_split(split, n, seed, tasks=TASK_SETS[task], **(variety if split in VARIETY_SPLITS else {}))
     if ip is not None:
         rows = [as_rendered(r, ip) if r["task"] == "transcription" else r for r in rows]
     return rows

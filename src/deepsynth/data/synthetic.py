@@ -110,7 +110,7 @@ class Pools:
 TRAIN_POOLS = Pools(_TRAIN_FIRST, _TRAIN_LAST, _TRAIN_STEMS, _TRAIN_PRODUCTS, _TRAIN_DIGITS)
 HELDOUT_POOLS = Pools(_HELDOUT_FIRST, _HELDOUT_LAST, _HELDOUT_STEMS, _HELDOUT_PRODUCTS, _HELDOUT_DIGITS)
 _HELDOUT_NAMES = _HELDOUT_FIRST + _HELDOUT_LAST + _HELDOUT_STEMS + _HELDOUT_PRODUCTS
-INVENTED_NAMES_SPLITS = ("train", "validation")  # the splits whose documents may take made-up names or all digits
+VARIETY_SPLITS = ("train", "validation")  # the splits that take the training-only variety (names, digits, order)
 
 
 def _invented_word(rng: random.Random, syllables: tuple[int, int]) -> str:
@@ -513,8 +513,8 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     for name, value in (("invented_names", invented_names), ("all_digits", all_digits),
                         ("shuffled_fields", shuffled_fields)):
-        if value and split not in INVENTED_NAMES_SPLITS:
-            raise ValueError(f"{name} applies to the {' and '.join(INVENTED_NAMES_SPLITS)} splits, not {split!r}")
+        if value and split not in VARIETY_SPLITS:
+            raise ValueError(f"{name} applies to the {' and '.join(VARIETY_SPLITS)} splits, not {split!r}")
     if not tasks or any(t not in ALL_TASKS + JSON_TASKS for t in tasks):
         raise ValueError(f"tasks must be a non-empty subset of {ALL_TASKS + JSON_TASKS}, got {tasks!r}")
     pools, template_set, layouts = _SPLIT_CONFIG[split]
