@@ -131,6 +131,39 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "2", "--batch", "2"])
 
 
+def test_a_grown_decoder_answers_as_before_and_then_learns(processor_dir, tmp_path):
+    """--init a 2-layer stage with --layers 5: layers 0 and 1 move to 0 and 2, the three new ones start as
+    identities (zero output projections), so the logits are the old decoder's; then every layer trains."""
+    cells = tmp_path / "cells.pt"
+    common = ["--processor", str(processor_dir), "--cells", str(cells), "--hidden", "32", "--batch", "2",
+              "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--warmup", "1"]
+    grid_text_stage.main([*common, "--layers", "2", "--out", str(tmp_path / "T"), "--steps", "3", "--eval-every", "3"])
+    args = grid_text_stage.argparse.Namespace(processor=str(processor_dir), hidden=32, seed=1, cells=cells,
+                                              config=str(grid_text_stage.HERE / "grid" / "model_config.json"))
+    small, processor, code = grid_text_stage.build(grid_text_stage.argparse.Namespace(**vars(args), layers=2))
+    grown, _, _ = grid_text_stage.build(grid_text_stage.argparse.Namespace(**vars(args), layers=5))
+    grid_text_stage.load_stage(small, tmp_path / "T")
+    grid_text_stage.load_stage(grown, tmp_path / "T")
+    small.eval(), grown.eval()  # no dropout in the frozen MiniLM
+    layers = grown.model.language_model.layers
+    assert len(layers) == 5 and not layers[1].self_attn.o_proj.weight.any() and layers[2].self_attn.o_proj.weight.any()
+    assert torch.equal(layers[2].mlp.up_proj.weight, small.model.language_model.layers[1].mlp.up_proj.weight)
+    rows = [r for r, _ in iter_examples("validation", 2, seed=4, tasks=("qa",))]
+    examples = [grid_text_stage.GridBatcher(small, processor, code).example(r) for r in rows]
+    batch = processor.collate(examples, padding_side="right")
+    with torch.no_grad():
+        before = grid_text_stage.GridBatcher(small, processor, code).logits(examples, batch["input_ids"], batch["attention_mask"])
+        after = grid_text_stage.GridBatcher(grown, processor, code).logits(examples, batch["input_ids"], batch["attention_mask"])
+    assert (before - after).abs().max() < 1e-5 and before.abs().max() > 0.1
+    with pytest.raises(ValueError, match="cannot grow"):
+        grid_text_stage.grown_decoder_state({}, 3, 2)
+    # the grown stage trains: its new layers' output projections move off zero
+    grid_text_stage.main([*common, "--layers", "5", "--init", str(tmp_path / "T"), "--out", str(tmp_path / "G"),
+                          "--steps", "2", "--eval-every", "2"])
+    trained = DeepSynthForConditionalGeneration.from_pretrained(tmp_path / "G").model.language_model.layers
+    assert len(trained) == 5 and trained[1].self_attn.o_proj.weight.abs().sum() > 0
+
+
 def test_stage_t_trains_on_long_packets(processor_dir, tmp_path):
     """--packet-batches 1: every batch is multi-document packets, laid out on up to --max-pages pages (saved
     with the output, so the checkpoint reads documents that long)."""

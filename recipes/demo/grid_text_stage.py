@@ -102,6 +102,44 @@ def decoder_overrides(config: dict, hidden: int | None, layers: int | None) -> d
     return config
 
 
+def grown_decoder_state(state: dict, old_layers: int, new_layers: int) -> dict:
+    """A stage-T state with `old_layers` decoder layers -> the same function with `new_layers` (>= old): old layer
+    i moves to i * new // old, and each layer in between starts as a copy of the one before it with its two output
+    projections (attention `o_proj`, MLP `down_proj`) zeroed, so it adds nothing to the residual stream until it
+    learns to (the decoder grows without forgetting what it has learned; its width, and so stage V's cell code,
+    stays)."""
+    if new_layers < old_layers:
+        raise ValueError(f"cannot grow a {old_layers}-layer decoder to {new_layers} layers")
+    prefix = "model.language_model.layers."
+    keep = {k: v for k, v in state.items() if not k.startswith(prefix)}
+    place = [i * new_layers // old_layers for i in range(old_layers)]
+    source = 0
+    for j in range(new_layers):
+        if source + 1 < old_layers and place[source + 1] <= j:
+            source += 1
+        fresh = place[source] != j
+        for k, v in state.items():
+            if k.startswith(f"{prefix}{source}."):
+                name = k[len(f"{prefix}{source}."):]
+                zero = fresh and name in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+                keep[f"{prefix}{j}.{name}"] = torch.zeros_like(v) if zero else v.clone()
+    return keep
+
+
+def load_stage(model, folder: Path) -> None:
+    """`folder`'s stage-T weights into `model`; a decoder with fewer layers is grown (`grown_decoder_state`)."""
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    old = json.loads((folder / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    new = model.config.text_config.num_hidden_layers
+    if old != new:
+        state = grown_decoder_state(state, old, new)
+    result = model.load_state_dict(state, strict=False)
+    if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:  # lm_head is tied, not saved
+        raise ValueError(f"{folder} does not fit this decoder: {result}")
+
+
 def build(args):
     processor = DeepSynthProcessor.from_pretrained(args.processor)
     if getattr(args, "max_pages", None):  # saved with the output: the checkpoint reads documents this long
@@ -345,7 +383,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="learn the cell code, starting from the byte embeddings; written to --cells at the end")
     parser.add_argument("--init", type=Path, help="start from this stage-T folder's weights (a new schedule)")
     parser.add_argument("--hidden", type=int, help="decoder width (default: the config's)")
-    parser.add_argument("--layers", type=int, help="decoder layers (default: the config's)")
+    parser.add_argument("--layers", type=int, help="decoder layers (default: the config's); more than --init's grows "
+                        "its decoder (new layers start as identities)")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--stop-after", type=int, help="stop (and write the folder) at this step; the schedule "
                         "still spans --steps")
@@ -384,11 +423,7 @@ def main(argv=None):
     args = parse_args(argv)
     model, processor, cells = build(args)
     if args.init is not None:
-        from safetensors.torch import load_file
-
-        result = model.load_state_dict(load_file(args.init / "model.safetensors"), strict=False)
-        if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:  # lm_head is tied, not saved
-            raise ValueError(f"{args.init} does not fit this decoder: {result}")
+        load_stage(model, args.init)
     if args.evaluate_only is not None:
         report = evaluate(GridBatcher(model, processor, cells), eval_rows(args.eval_rows),
                           eval_packets(processor.image_processor, args.eval_packets), eval_documents(args.eval_documents))
