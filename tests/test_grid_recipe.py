@@ -149,11 +149,12 @@ def test_a_grown_decoder_answers_as_before_and_then_learns(processor_dir, tmp_pa
     assert len(layers) == 5 and not layers[1].self_attn.o_proj.weight.any() and layers[2].self_attn.o_proj.weight.any()
     assert torch.equal(layers[2].mlp.up_proj.weight, small.model.language_model.layers[1].mlp.up_proj.weight)
     rows = [r for r, _ in iter_examples("validation", 2, seed=4, tasks=("qa",))]
-    examples = [grid_text_stage.GridBatcher(small, processor, code).example(r) for r in rows]
+    old_batcher, new_batcher = (grid_text_stage.GridBatcher(m, processor, code) for m in (small, grown))
+    examples = [old_batcher.example(r) for r in rows]
     batch = processor.collate(examples, padding_side="right")
     with torch.no_grad():
-        before = grid_text_stage.GridBatcher(small, processor, code).logits(examples, batch["input_ids"], batch["attention_mask"])
-        after = grid_text_stage.GridBatcher(grown, processor, code).logits(examples, batch["input_ids"], batch["attention_mask"])
+        before = old_batcher.logits(examples, batch["input_ids"], batch["attention_mask"])
+        after = new_batcher.logits(examples, batch["input_ids"], batch["attention_mask"])
     assert (before - after).abs().max() < 1e-5 and before.abs().max() > 0.1
     with pytest.raises(ValueError, match="cannot grow"):
         grid_text_stage.grown_decoder_state({}, 3, 2)

@@ -14,6 +14,7 @@ Training-only machinery: the saved `model.safetensors` is a plain DeepSynth chec
 """
 
 import argparse
+import bisect
 import json
 import math
 import random
@@ -112,11 +113,9 @@ def grown_decoder_state(state: dict, old_layers: int, new_layers: int) -> dict:
         raise ValueError(f"cannot grow a {old_layers}-layer decoder to {new_layers} layers")
     prefix = "model.language_model.layers."
     keep = {k: v for k, v in state.items() if not k.startswith(prefix)}
-    place = [i * new_layers // old_layers for i in range(old_layers)]
-    source = 0
+    place = [i * new_layers // old_layers for i in range(old_layers)]  # ascending, place[0] == 0
     for j in range(new_layers):
-        if source + 1 < old_layers and place[source + 1] <= j:
-            source += 1
+        source = bisect.bisect_right(place, j) - 1  # the last old layer placed at or before j
         fresh = place[source] != j
         for k, v in state.items():
             if k.startswith(f"{prefix}{source}."):
