@@ -131,6 +131,24 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "2", "--batch", "2"])
 
 
+def test_the_committed_tower_is_exported_only_for_its_own_cell_code(tmp_path):
+    """The recipe continues from the committed model in a fresh checkout: the seed-made code is the one its tower
+    writes (exported exactly), and a tower is refused for a code it was not trained on."""
+    from safetensors.torch import load_file
+
+    demo = ROOT / "checkpoints" / "deepsynth-demo"
+    common = ["--processor", str(demo), "--from-checkpoint", str(demo)]
+    grid_align_stage.main([*common, "--cells", str(tmp_path / "cells.pt"), "--out", str(tmp_path / "V")])
+    vision, stored = torch.load(tmp_path / "V" / "vision.pt"), load_file(demo / "model.safetensors")
+    assert len(vision) > 50 and all(torch.equal(v, stored[k].float()) for k, v in vision.items())
+    ip = grid_text_stage.DeepSynthProcessor.from_pretrained(str(demo)).image_processor
+    other = grid_text_stage.CellEmbedder(len(ip.ocr_charset) + 1, ip.ocr_cell_slots, 128, seed=1)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not write this cell code"):
+        grid_align_stage.main([*common, "--cells", str(tmp_path / "other.pt"), "--out", str(tmp_path / "V2")])
+    assert not (tmp_path / "V2" / "vision.pt").exists()
+
+
 def test_a_grown_decoder_answers_as_before_and_then_learns(processor_dir, tmp_path):
     """--init a 2-layer stage with --layers 5: layers 0 and 1 move to 0 and 2, the three new ones start as
     identities (zero output projections), so the logits are the old decoder's; then every layer trains."""

@@ -10,6 +10,10 @@ The cell code is fixed (`--cells`, shared with stage T), so this runs beside sta
 cell accuracy (a projected cell decoded to the nearest code among the distinct cells of the batch; all cells and
 cells with a character). Writes `vision.pt` (SAM, CLIP, projector), which stage J puts under stage T's decoder.
 Resumes from OUT/state.pt.
+
+`--from-checkpoint DIR` trains nothing: it takes the tower of a byte-grid checkpoint (the committed demo model),
+checks on 16 fresh pages that it writes `--cells`' code (the code is made from a seed, so a fresh checkout makes the
+same one), and writes it as `vision.pt`, so that the recipe continues from the committed model without its runs.
 """
 
 import argparse
@@ -67,6 +71,32 @@ def vision_state(model) -> dict:
             if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
 
 
+def export_tower(model, cells, ip, checkpoint: Path, out: Path) -> None:
+    """`checkpoint`'s vision tower -> `out/vision.pt`, refused unless it writes this cell code."""
+    from safetensors.torch import load_file
+
+    state = {k: v.float() for k, v in load_file(checkpoint / "model.safetensors").items()}
+    tower = {k: v for k, v in state.items() if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+    missing = sorted(set(vision_state(model)) - set(tower))
+    if missing:
+        raise ValueError(f"{checkpoint} has no byte-grid vision tower: {missing[:3]} missing")
+    model.load_state_dict(tower, strict=False)
+    model.eval()
+    texts = [row["text"] for row in random_lines_split("validation", 8, seed=11, lines=(2, 16), chars=(4, 32))]
+    texts += [r["text"] for r, _ in iter_examples("validation", 8, seed=11, tasks=("transcription",))]
+    pixels, lab, target = targets_and_pixels(ip, cells, texts)
+    with torch.no_grad():
+        feats = model.model.multi_modal_projector(model.model.vision_tower(pixels).last_hidden_state)
+    mse, (acc, inked) = F.mse_loss(feats, target).item(), cell_accuracy(feats, lab, cells)
+    print(f"{checkpoint}'s tower on {len(texts)} fresh pages: mse {mse:.4f}, cell accuracy {acc:.4f} "
+          f"(cells with a character {inked:.4f})", flush=True)
+    if inked < 0.9:
+        raise ValueError(f"{checkpoint}'s tower does not write this cell code (pass the --cells it was trained on)")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(tower, out / "vision.pt")
+    print(f"stage V (exported) -> {out}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processor", required=True)
@@ -80,12 +110,16 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--data-seed", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--from-checkpoint", type=Path, help="export this checkpoint's tower instead of training")
     args = parser.parse_args(argv)
 
     args.layers = None  # the decoder is not used here; its width is the projector's and the code's
     model, processor, cells = build(args)
     ip = processor.image_processor
     base = model.model
+    if args.from_checkpoint is not None:
+        export_tower(model, cells, ip, args.from_checkpoint, args.out)
+        return
     model.requires_grad_(False)
     params = list(base.vision_tower.parameters()) + list(base.multi_modal_projector.parameters())
     for p in params:
