@@ -65,18 +65,24 @@ def cell_accuracy(feats, lab, cells) -> tuple[float, float]:
     return right.float().mean().item(), right[inked].float().mean().item()
 
 
+TOWER_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
+
+
 def vision_state(model) -> dict:
     """What stage V trains: SAM + CLIP (`vision_tower.*`) and the projector, under their names in the model."""
-    return {k: v for k, v in model.state_dict().items()
-            if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+    return {k: v for k, v in model.state_dict().items() if k.startswith(TOWER_PREFIXES)}
+
+
+def projected_cells(base, pixels: torch.Tensor) -> torch.Tensor:
+    return base.multi_modal_projector(base.vision_tower(pixels).last_hidden_state)  # (n, g*g, D)
 
 
 def export_tower(model, cells, ip, checkpoint: Path, out: Path) -> None:
     """`checkpoint`'s vision tower -> `out/vision.pt`, refused unless it writes this cell code."""
     from safetensors.torch import load_file
 
-    state = {k: v.float() for k, v in load_file(checkpoint / "model.safetensors").items()}
-    tower = {k: v for k, v in state.items() if k.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+    stored = load_file(checkpoint / "model.safetensors")
+    tower = {k: v.float() for k, v in stored.items() if k.startswith(TOWER_PREFIXES)}
     missing = sorted(set(vision_state(model)) - set(tower))
     if missing:
         raise ValueError(f"{checkpoint} has no byte-grid vision tower: {missing[:3]} missing")
@@ -86,7 +92,7 @@ def export_tower(model, cells, ip, checkpoint: Path, out: Path) -> None:
     texts += [r["text"] for r, _ in iter_examples("validation", 8, seed=11, tasks=("transcription",))]
     pixels, lab, target = targets_and_pixels(ip, cells, texts)
     with torch.no_grad():
-        feats = model.model.multi_modal_projector(model.model.vision_tower(pixels).last_hidden_state)
+        feats = projected_cells(model.model, pixels)
     mse, (acc, inked) = F.mse_loss(feats, target).item(), cell_accuracy(feats, lab, cells)
     print(f"{checkpoint}'s tower on {len(texts)} fresh pages: mse {mse:.4f}, cell accuracy {acc:.4f} "
           f"(cells with a character {inked:.4f})", flush=True)
@@ -137,7 +143,7 @@ def main(argv=None):
     while step < args.steps:
         texts = [next(stream) for _ in range(args.batch)]
         pixels, lab, target = targets_and_pixels(ip, cells, texts)
-        feats = base.multi_modal_projector(base.vision_tower(pixels).last_hidden_state)  # (n, g*g, D)
+        feats = projected_cells(base, pixels)
         loss = F.mse_loss(feats, target)
         optimizer_step(loss, params, optimizer, schedule)
         step += 1
