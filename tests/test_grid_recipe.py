@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes" / "demo"))
@@ -235,3 +236,29 @@ def test_calibration_compares_the_confident_half_with_the_rest():
                                                   "median_confidence": 0.8}
     with pytest.raises(ValueError, match="at least 2"):
         evaluate_demo.calibration(records[:1])
+
+
+def test_stage_t_from_the_tower_sees_what_the_product_computes(tmp_path):
+    """`--pages-from-tower`: the decoder trains on the frozen tower's features of the rendered pages, so its logits
+    are the full model's on the processor's own inputs (pixels in), and nothing flows back into the tower."""
+    demo = ROOT / "checkpoints" / "deepsynth-demo"
+    processor = grid_text_stage.DeepSynthProcessor.from_pretrained(str(demo))
+    model = DeepSynthForConditionalGeneration.from_pretrained(demo).eval()
+    cells = grid_text_stage.CellEmbedder.for_processor(processor, 128, tmp_path / "cells.pt")
+    row = next(iter_examples("test_values", 1, seed=1, tasks=("qa",)))[0]
+    pixels = grid_text_stage.GridBatcher(model, processor, cells, from_pixels=True)
+    ex = pixels.example(row)
+    batch = processor.collate([ex], padding_side="right")
+    rendered = processor.collate([processor.encode_example(row["text"], row["instruction"], row["answer"])],
+                                 padding_side="right")  # what the product feeds the model: pixels
+    assert torch.equal(rendered["input_ids"], batch["input_ids"])
+    full = model(**{k: v for k, v in rendered.items() if k != "labels"}).logits  # (1, L, V)
+    ours = pixels.logits([ex], batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(ours, full, rtol=1e-4, atol=1e-4)
+    code = grid_text_stage.GridBatcher(model, processor, cells).page_rows([ex])  # the exact cell code
+    tower = pixels.page_rows([ex])
+    assert tower.shape == code.shape and 0 < F.mse_loss(tower, code).item() < 0.01  # close to the code, not it
+    grid_text_stage.trainable(model)
+    pixels.loss([row], 0.1).backward()
+    assert all(p.grad is None for p in model.model.vision_tower.parameters())
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from grid_text_stage import (  # noqa: E402  (and the repo path)
-    build, log, optimizer_and_schedule, optimizer_step, resume, save_state)
+    TOWER_PREFIXES, build, log, optimizer_and_schedule, optimizer_step, projected_cells, resume, save_state)
 
 from deepsynth.data.synthetic import iter_examples, random_lines_split  # noqa: E402
 from deepsynth.training.labels import char_cell_labels  # noqa: E402
@@ -65,16 +65,9 @@ def cell_accuracy(feats, lab, cells) -> tuple[float, float]:
     return right.float().mean().item(), right[inked].float().mean().item()
 
 
-TOWER_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
-
-
 def vision_state(model) -> dict:
     """What stage V trains: SAM + CLIP (`vision_tower.*`) and the projector, under their names in the model."""
     return {k: v for k, v in model.state_dict().items() if k.startswith(TOWER_PREFIXES)}
-
-
-def projected_cells(base, pixels: torch.Tensor) -> torch.Tensor:
-    return base.multi_modal_projector(base.vision_tower(pixels).last_hidden_state)  # (n, g*g, D)
 
 
 def export_tower(model, cells, ip, checkpoint: Path, out: Path) -> None:

@@ -157,11 +157,23 @@ def build(args):
     return model, processor, cells
 
 
-class GridBatcher:
-    """Rows -> decoder inputs with the page grid as cell embeddings; frozen encoder states cached per instruction."""
+TOWER_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.")
 
-    def __init__(self, model, processor, cells):
-        self.model, self.processor, self.cells = model, processor, cells
+
+def projected_cells(base, pixels: torch.Tensor) -> torch.Tensor:
+    """Rendered pages (n, 3, S, S) -> what the vision tower writes for each cell, projected (n, g*g, D)."""
+    return base.multi_modal_projector(base.vision_tower(pixels).last_hidden_state)
+
+
+class GridBatcher:
+    """Rows -> decoder inputs with the page grid as cell embeddings; frozen encoder states cached per instruction.
+
+    `from_pixels`: the page rows are what the (frozen) vision tower writes for the rendered pages instead of the
+    exact cell code (stage T on the tower's own features: the decoder learns the tower's residual, which costs it
+    exact answers from pixels though it is small, mse 0.004, next to Gaussian training noise of variance 0.09)."""
+
+    def __init__(self, model, processor, cells, from_pixels: bool = False):
+        self.model, self.processor, self.cells, self.from_pixels = model, processor, cells, from_pixels
         self.ip = processor.image_processor
         self.encoder_cache: dict[tuple, torch.Tensor] = {}
 
@@ -172,7 +184,7 @@ class GridBatcher:
                   "num_image_tokens": torch.full((len(labels),), g * (g + 1) + 1)}
         ex = self.processor.encode_example(row["text"], row["instruction"],
                                            row["answer"] if with_answer else None, vision=vision)
-        ex["cell_labels"] = labels
+        ex["cell_labels"], ex["text"] = labels, row["text"]
         return ex
 
     def instruction_rows(self, examples) -> torch.Tensor:
@@ -187,21 +199,36 @@ class GridBatcher:
             states.append(self.encoder_cache[key])
         return self.model.model.instruction_projector(torch.cat(states))  # (N_instruction_tokens, D)
 
+    def grids(self, examples) -> list[torch.Tensor]:
+        """Per example (P, g, g, D): the cell code of its characters, or the tower's features of its pages."""
+        if not self.from_pixels:
+            return [self.cells(ex["cell_labels"]) for ex in examples]
+        base = self.model.model
+        pixels = torch.cat([self.ip.preprocess(ex["text"])["pixel_values"] for ex in examples])  # (sum P, 3, S, S)
+        was_training = base.vision_tower.training
+        base.vision_tower.eval()  # frozen: the features the product computes
+        with torch.no_grad():
+            feats = projected_cells(base, pixels)  # (sum P, g*g, D)
+        base.vision_tower.train(was_training)
+        sizes = [len(ex["cell_labels"]) for ex in examples]
+        return [f.reshape(ex["cell_labels"].shape[:3] + (-1,)) for f, ex in zip(feats.split(sizes), examples)]
+
     def page_rows(self, examples, noise: float = 0.0) -> torch.Tensor:
         base = self.model.model
         rows = []
-        for ex in examples:
-            grid = self.cells(ex["cell_labels"])  # (P, g, g, D)
+        for grid in self.grids(examples):
             if noise:
                 grid = grid + noise * torch.randn_like(grid)
             for page in grid:
                 rows += [base._with_newlines(page), base.view_separator.unsqueeze(0)]
         return torch.cat(rows)  # (N_image_tokens, D)
 
-    def logits(self, examples, input_ids, attention_mask, noise: float = 0.0) -> torch.Tensor:
+    def logits(self, examples, input_ids, attention_mask, noise: float = 0.0, pages=None) -> torch.Tensor:
+        """`pages`: `page_rows(examples)` when already computed (greedy decoding reuses them)."""
         base, config = self.model.model, self.model.config
         embeds = base.get_input_embeddings()(input_ids)  # (B, L, D)
-        embeds = DeepSynthModel._splice(embeds, input_ids, config.image_token_id, self.page_rows(examples, noise), "image")
+        pages = self.page_rows(examples, noise) if pages is None else pages
+        embeds = DeepSynthModel._splice(embeds, input_ids, config.image_token_id, pages, "image")
         embeds = DeepSynthModel._splice(embeds, input_ids, config.instruction_token_id,
                                         self.instruction_rows(examples), "instruction")
         hidden = base.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
@@ -218,10 +245,11 @@ class GridBatcher:
         """Greedy, one row, no cache (the rows are short): what the decoder answers from the grid."""
         ex = self.example(row, with_answer=False)
         ids = torch.tensor([ex["input_ids"]])
+        pages = self.page_rows([ex])
         eos = self.processor.tokenizer.eos_token_id
         out = []
         for _ in range(max_new_tokens):
-            nxt = int(self.logits([ex], ids, torch.ones_like(ids))[0, -1].argmax())
+            nxt = int(self.logits([ex], ids, torch.ones_like(ids), pages=pages)[0, -1].argmax())
             if nxt == eos:
                 break
             out.append(nxt)
@@ -390,6 +418,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--pages-from-tower", type=Path, metavar="STAGE_V",
+                        help="answer from the pixels: the page rows are what this stage-V folder's vision tower "
+                             "(vision.pt, frozen) writes for the rendered pages, not the exact cell code")
     parser.add_argument("--noise", type=float, default=0.3, help="Gaussian noise on cell embeddings (vision is noisy)")
     parser.add_argument("--data-seed", type=int, default=5)
     parser.add_argument("--invented-names", type=float, default=0.3)
@@ -423,8 +454,11 @@ def main(argv=None):
     model, processor, cells = build(args)
     if args.init is not None:
         load_stage(model, args.init)
+    if args.pages_from_tower is not None:
+        model.load_state_dict(torch.load(args.pages_from_tower / "vision.pt"), strict=False)
+    from_pixels = args.pages_from_tower is not None
     if args.evaluate_only is not None:
-        report = evaluate(GridBatcher(model, processor, cells), eval_rows(args.eval_rows),
+        report = evaluate(GridBatcher(model, processor, cells, from_pixels), eval_rows(args.eval_rows),
                           eval_packets(processor.image_processor, args.eval_packets), eval_documents(args.eval_documents))
         args.evaluate_only.write_text(json.dumps({"model": str(args.init), "rows": args.eval_rows, **report}, indent=1))
         print(json.dumps(report), flush=True)
@@ -434,7 +468,7 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     state_file, log_file = args.out / "state.pt", args.out / "log.jsonl"
     step = resume(state_file, optimizer, schedule, model=model, cells=cells)
-    batcher = GridBatcher(model, processor, cells)
+    batcher = GridBatcher(model, processor, cells, from_pixels)
     held_out = eval_rows(args.eval_rows)
     held_out_packets = eval_packets(processor.image_processor, args.eval_packets)
     held_out_documents = eval_documents(args.eval_documents)
