@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "recipes" / "demo"))
 
 import grid_align_stage  # noqa: E402
 import grid_assemble  # noqa: E402
+import grid_soup  # noqa: E402
 import grid_text_stage  # noqa: E402
 import make_processor  # noqa: E402
 import package_demo  # noqa: E402
@@ -262,3 +263,34 @@ def test_stage_t_from_the_tower_sees_what_the_product_computes(tmp_path):
     pixels.loss([row], 0.1).backward()
     assert all(p.grad is None for p in model.model.vision_tower.parameters())
     assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_soup_interpolates_a_tuned_decoder_with_the_smaller_one_it_grew_from(tmp_path):
+    """grid_soup.py: alpha x tuned + (1 - alpha) x start, the start grown first (new layers as identities)."""
+    from safetensors.torch import load_file, save_file
+
+    def stage(folder, state, layers):
+        folder.mkdir()
+        save_file(state, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps({"text_config": {"num_hidden_layers": layers}}))
+
+    layer = "model.language_model.layers."
+    start = {f"{layer}0.self_attn.o_proj.weight": torch.full((2, 2), 4.0), f"{layer}0.mlp.up_proj.weight":
+             torch.full((2, 2), 2.0), "model.norm.weight": torch.zeros(2)}
+    tuned = {f"{layer}{i}.{name}": torch.full((2, 2), 8.0) for i in (0, 1) for name in ("self_attn.o_proj.weight",
+                                                                                      "mlp.up_proj.weight")}
+    tuned["model.norm.weight"] = torch.ones(2)
+    stage(tmp_path / "start", start, 1), stage(tmp_path / "tuned", tuned, 2)
+    grid_soup.main(["--tuned", str(tmp_path / "tuned"), "--start", str(tmp_path / "start"), "--alpha", "0.25",
+                    "--out", str(tmp_path / "soup")])
+    soup = load_file(tmp_path / "soup" / "model.safetensors")
+    assert soup.keys() == tuned.keys()
+    assert torch.equal(soup[f"{layer}0.self_attn.o_proj.weight"], torch.full((2, 2), 5.0))  # 0.25 * 8 + 0.75 * 4
+    assert torch.equal(soup[f"{layer}1.self_attn.o_proj.weight"], torch.full((2, 2), 2.0))  # the new layer's start: 0
+    assert torch.equal(soup[f"{layer}1.mlp.up_proj.weight"], torch.full((2, 2), 3.5))  # copied from layer 0: 2
+    assert torch.equal(soup["model.norm.weight"], torch.full((2,), 0.25))
+    assert json.loads((tmp_path / "soup" / "config.json").read_text())["text_config"]["num_hidden_layers"] == 2
+    with pytest.raises(ValueError, match="tuned \\(2, 2\\) vs start \\(3,\\)"):
+        grid_soup.interpolated({"w": torch.zeros(2, 2)}, {"w": torch.zeros(3)}, 0.5)
+    with pytest.raises(ValueError, match="lacks 1"):
+        grid_soup.interpolated({"w": torch.zeros(2)}, {}, 0.5)
