@@ -43,7 +43,7 @@ def page_lines(engine, text: str) -> str:
 
 @functools.cache
 def training_text() -> str:
-    """Training-like documents as stage T6 drew them: half of them with numbers ending in any digit."""
+    """Training-like documents as stages T6 and TJ drew them: half of them with numbers ending in any digit."""
     return "\n".join(r["text"] for r in generate_split("train", 3000, seed=0, all_digits=0.5, invented_names=0.5))
 
 
@@ -52,14 +52,15 @@ def test_quick_start_answer_is_exact(engine):
 
 
 @pytest.mark.parametrize("split,task,max_length,at_least", [
-    ("test_values", "qa", 32, 20), ("test_values", "extraction", 96, 26),
-    ("test_paraphrases", "qa", 32, 28), ("test_paraphrases", "extraction", 96, 23),
-    ("test_layouts", "qa", 32, 21), ("test_layouts", "extraction", 96, 18),
+    ("test_values", "qa", 32, 22), ("test_values", "extraction", 96, 29),
+    ("test_paraphrases", "qa", 32, 31), ("test_paraphrases", "extraction", 96, 31),
+    ("test_layouts", "qa", 32, 23), ("test_layouts", "extraction", 96, 23),
 ])
 def test_answers_heldout_questions_exactly(engine, split, task, max_length, at_least):
-    """Exact answers on 40 held-out rows of each split. Measured on these rows: Q&A 23 / 31 / 24, extraction
-    29 / 26 / 21 (values / wordings / layouts; the model card's 80-row numbers are on other rows); shown another
-    row's page instead, the same questions get at most two right."""
+    """Exact answers on 40 held-out rows of each split. Measured on these rows: Q&A 25 / 34 / 26, extraction
+    32 / 34 / 26 (values / wordings / layouts; the previous model, stage T6: 23 / 31 / 24 and 29 / 26 / 21; the
+    model card's 80-row numbers are on other rows); shown another row's page instead, the same questions get at
+    most two right."""
     rows = heldout(split, task, 40)
     docs = [r["text"] for r in rows]
     answers = engine.generate_batch(docs, [r["instruction"] for r in rows], max_length=max_length)
@@ -84,7 +85,7 @@ def test_transcribes_heldout_pages(engine):
     read = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=600)
     own = character_error_rate(read, truth)
     other = character_error_rate(read, truth[1:] + truth[:1])  # another document of the same kinds
-    assert own < 0.15 and other > 0.8, (own, other, read[0], truth[0])  # measured 0.098 and 0.939
+    assert own < 0.1 and other > 0.8, (own, other, read[0], truth[0])  # measured 0.061 and 0.948
 
 
 def test_lays_a_long_document_out_whole(engine):
@@ -104,7 +105,7 @@ def test_confidence_separates_right_from_wrong(engine):
     results = engine.generate_batch_results([r["text"] for r in rows], [r["instruction"] for r in rows], 32)
     halves = calibration([{"prediction": res.answer, "answer": r["answer"], "confidence": res.confidence}
                           for res, r in zip(results, rows)])  # as the model card measures it
-    assert halves["em_top_half"] - halves["em_bottom_half"] >= 40, halves  # measured 93.3 vs 36.7
+    assert halves["em_top_half"] - halves["em_bottom_half"] >= 40, halves  # measured 95.0 vs 46.7
 
 
 def test_the_instruction_picks_the_kind_of_answer(engine):
@@ -118,7 +119,7 @@ def test_the_instruction_picks_the_kind_of_answer(engine):
     transcript = engine.generate(doc, "Transcribe the document.", max_length=400)
     page = EXAMPLE.read_text(encoding="utf-8").strip()
     cer = character_error_rate([transcript], [page])
-    assert transcript.count("\n") >= 5 and "Q3" in transcript and cer < 0.25, (cer, transcript)  # measured 0.144
+    assert transcript.count("\n") >= 5 and "Q3" in transcript and cer < 0.15, (cer, transcript)  # measured 0.080
 
 
 def test_pdf_text_layer_and_refused_scans(engine):
