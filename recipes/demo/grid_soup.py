@@ -3,8 +3,8 @@ fine-tuned from keeps most of the fine-tuning's gain and more of the start's rob
 
     python recipes/demo/grid_soup.py --tuned runs/grid/TJ --start checkpoints/deepsynth-demo --alpha 0.5 --out runs/grid/TS
 
-`--start` may have fewer decoder layers: it is grown first (`grown_decoder_state`, new layers as identities), which
-is how `--tuned` began. The output is `--tuned`'s folder with `alpha * tuned + (1 - alpha) * start` weights.
+`--start` may have fewer decoder layers: it is grown first (`stage_state`, new layers as identities), which is how
+`--tuned` began. The output is `--tuned`'s folder with `alpha * tuned + (1 - alpha) * start` weights.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid_text_stage import grown_decoder_state  # noqa: E402
+from grid_text_stage import stage_state  # noqa: E402
 
 
 def interpolated(tuned: dict, start: dict, alpha: float) -> dict:
@@ -27,7 +27,7 @@ def interpolated(tuned: dict, start: dict, alpha: float) -> dict:
         raise ValueError(f"the start lacks {len(missing)} of the tuned model's tensors, e.g. {missing[:3]}")
     out = {}
     for name, t in tuned.items():
-        s = start[name].to(t.dtype)
+        s = start[name]
         if s.shape != t.shape:
             raise ValueError(f"{name}: tuned {tuple(t.shape)} vs start {tuple(s.shape)}")
         out[name] = torch.lerp(s.float(), t.float(), alpha).to(t.dtype) if t.is_floating_point() else t
@@ -41,11 +41,9 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, required=True, help="weight of --tuned (1: --tuned unchanged)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    layers = lambda folder: json.loads((folder / "config.json").read_text())["text_config"]["num_hidden_layers"]
     tuned = load_file(args.tuned / "model.safetensors")
-    start = load_file(args.start / "model.safetensors")
-    if layers(args.start) != layers(args.tuned):
-        start = grown_decoder_state(start, layers(args.start), layers(args.tuned))
+    layers = json.loads((args.tuned / "config.json").read_text())["text_config"]["num_hidden_layers"]
+    start = stage_state(args.start, layers)
     soup = interpolated(tuned, start, args.alpha)
     shutil.copytree(args.tuned, args.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.pt", "log.jsonl"))
     save_file(soup, args.out / "model.safetensors", metadata={"format": "pt"})

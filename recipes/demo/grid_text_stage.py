@@ -125,15 +125,19 @@ def grown_decoder_state(state: dict, old_layers: int, new_layers: int) -> dict:
     return keep
 
 
-def load_stage(model, folder: Path) -> None:
-    """`folder`'s stage-T weights into `model`; a decoder with fewer layers is grown (`grown_decoder_state`)."""
+def stage_state(folder: Path, layers: int) -> dict:
+    """`folder`'s stage-T weights with a `layers`-layer decoder; one with fewer layers is grown
+    (`grown_decoder_state`)."""
     from safetensors.torch import load_file
 
     state = load_file(folder / "model.safetensors")
     old = json.loads((folder / "config.json").read_text())["text_config"]["num_hidden_layers"]
-    new = model.config.text_config.num_hidden_layers
-    if old != new:
-        state = grown_decoder_state(state, old, new)
+    return grown_decoder_state(state, old, layers) if old != layers else state
+
+
+def load_stage(model, folder: Path) -> None:
+    """`folder`'s stage-T weights into `model` (`stage_state`: grown to the model's decoder if it has fewer layers)."""
+    state = stage_state(folder, model.config.text_config.num_hidden_layers)
     result = model.load_state_dict(state, strict=False)
     if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:  # lm_head is tied, not saved
         raise ValueError(f"{folder} does not fit this decoder: {result}")
