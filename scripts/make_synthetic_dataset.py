@@ -60,8 +60,8 @@ def as_rendered(row: dict, ip) -> dict:
 
 
 def make_rows(task, split, n, seed, ip=None, lines=(1, 2), **variety):
-    """`variety`: the training-only fractions of `generate_split` (invented_names, all_digits, shuffled_fields),
-    applied to the train and validation splits only."""
+    """`variety`: the training-only fractions of `generate_split` (invented_names, all_digits, shuffled_fields,
+    long_names, more_layouts, label_synonyms, direct_questions), applied to the train and validation splits only."""
     if task == "random_lines":
         fits = None
         if ip is not None:
@@ -98,6 +98,18 @@ def main(argv=None) -> None:
                         help="train and validation only: this fraction of documents ends its numbers in any digit")
     parser.add_argument("--shuffled-fields", type=float, default=0.0,
                         help="train and validation only: this fraction of documents lists its facts in a random order")
+    parser.add_argument("--long-names", type=float, default=0.0,
+                        help="train and validation only: this fraction of the --invented-names documents takes long "
+                             "names with consonant clusters")
+    parser.add_argument("--more-layouts", type=float, default=0.0,
+                        help="train and validation only: this fraction of documents is rendered in one of the extra "
+                             "training layouts (key = value, dot leaders, numbered, label above value, semicolons)")
+    parser.add_argument("--label-synonyms", type=float, default=0.0,
+                        help="train and validation only: each field takes another name for its label with this "
+                             "probability (\"Issued by\" for \"From\")")
+    parser.add_argument("--direct-questions", type=float, default=0.0,
+                        help="train and validation only: this fraction of Q&A rows is asked as a direct who / when "
+                             "question (\"Who sent this invoice?\")")
     defaults = {"train": 5000, "validation": 300, "test_values": 300, "test_paraphrases": 300, "test_layouts": 300}
     for split in SPLITS:
         parser.add_argument(f"--{split.replace('_', '-')}", type=int, default=defaults[split], help=f"rows (default {defaults[split]}; 0 skips)")
@@ -106,7 +118,9 @@ def main(argv=None) -> None:
     sizes = {split: getattr(args, split) for split in SPLITS if getattr(args, split) > 0}
     args.out.mkdir(parents=True, exist_ok=True)
     variety = {"invented_names": args.invented_names, "all_digits": args.all_digits,
-               "shuffled_fields": args.shuffled_fields}
+               "shuffled_fields": args.shuffled_fields, "long_names": args.long_names,
+               "more_layouts": args.more_layouts, "label_synonyms": args.label_synonyms,
+               "direct_questions": args.direct_questions}
     if args.task == "instructions" and args.processor is None and not any(variety.values()):  # the original path
         for split, ds in build_dataset_dict(sizes, seed=args.seed).items():
             path = args.out / f"{split}.jsonl"

@@ -231,9 +231,11 @@ def test_build_dataset_dict_and_script(tmp_path):
     # the training-only variety options reach the train and validation rows, never a held-out split
     varied = tmp_path / "varied"
     script.main(["--out", str(varied), "--train", "30", "--validation", "0", "--test-values", "10", "--test-paraphrases",
-                 "0", "--test-layouts", "0", "--all-digits", "1", "--shuffled-fields", "1", "--invented-names", "0.5"])
+                 "0", "--test-layouts", "0", "--all-digits", "1", "--shuffled-fields", "1", "--invented-names", "0.5",
+                 "--long-names", "0.5", "--more-layouts", "0.5", "--label-synonyms", "0.3", "--direct-questions", "0.5"])
     read = {s: [json.loads(line) for line in (varied / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "test_values")}
-    assert read["train"] == generate_split("train", 30, all_digits=1.0, shuffled_fields=1.0, invented_names=0.5)
+    assert read["train"] == generate_split("train", 30, all_digits=1.0, shuffled_fields=1.0, invented_names=0.5,
+                                           long_names=0.5, more_layouts=0.5, label_synonyms=0.3, direct_questions=0.5)
     assert read["test_values"] == generate_split("test_values", 10)
 
 
@@ -296,6 +298,53 @@ def test_shuffled_fields_change_the_order_and_keep_every_answer_on_the_page():
             assert [row["text"].find(v) for v in values] == sorted(row["text"].find(v) for v in values)
     with pytest.raises(ValueError, match="shuffled_fields applies to the train and validation"):
         generate_split("test_paraphrases", 5, shuffled_fields=0.5)
+
+
+def test_wider_variety_renders_new_layouts_labels_questions_and_names_for_training_only():
+    """The generator's wider variety (issue 16): extra training layouts, other labels for a field, direct who /
+    when questions and long made-up names. Off by default (the data is unchanged); never a held-out layout or
+    wording; every Q&A answer stays verbatim on the page and every field is still on one line with its label."""
+    variety = {"more_layouts": 0.5, "label_synonyms": 0.5, "direct_questions": 0.5}
+    assert generate_split("train", 100, seed=4, **{k: 0.0 for k in variety}, long_names=0.0) == generate_split("train", 100, seed=4)
+    pairs = list(iter_examples("train", 600, seed=4, tasks=("qa", "extraction"), **variety))
+    layouts = Counter(row["layout"] for row, _ in pairs)
+    assert set(layouts) == set(TRAIN_LAYOUTS) | set(synthetic.EXTRA_TRAIN_LAYOUTS)
+    assert not set(synthetic.EXTRA_TRAIN_LAYOUTS) & set(HELDOUT_LAYOUTS) and 200 < sum(
+        layouts[name] for name in synthetic.EXTRA_TRAIN_LAYOUTS) < 400
+    renamed = questions = 0
+    for row, doc in pairs:
+        labels = [f.label for f in doc.facts]
+        assert len(set(labels)) == len(labels)  # a synonym never repeats another field's label
+        renamed += sum(label in {s for syns in synthetic.LABEL_SYNONYMS.values() for s in syns}
+                       and label not in synthetic.LABEL_SYNONYMS for label in labels)
+        if row["task"] == "qa":
+            assert row["answer"] in row["text"]
+            if row["template_id"].startswith("qa/d"):
+                questions += 1
+                fact = next(f for f in doc.facts if f.value == row["answer"])
+                assert row["instruction"] in synthetic.DIRECT_QUESTIONS[fact.ask]
+        if row["layout"] in ("equals", "dotted", "semicolons"):
+            lines = row["text"].replace("\n", " ") if row["layout"] == "semicolons" else row["text"]
+            for f in doc.facts:  # label, then its value, with only the layout's separator between them
+                assert re.search(re.escape(f.label) + r"(:| =| \.+) " + re.escape(f.value), lines), (f, row["text"])
+        if row["layout"] == "next_line":
+            lines = row["text"].splitlines()
+            assert all(lines[lines.index(f"{f.label}:") + 1] == f"  {f.value}" for f in doc.facts)
+    assert renamed > 500 and 60 < questions < 240  # about a quarter of 300 Q&A rows have a direct wording
+
+    # long names: as long as the held-out names (8-12 letters for a company stem), clusters, never a held-out name
+    def stems(rows):
+        return [f.value.split()[0] for _, doc in rows for f in doc.facts if f.type == "org"]
+
+    short = stems(iter_examples("train", 300, seed=4, invented_names=1.0))
+    long = stems(iter_examples("train", 300, seed=4, invented_names=1.0, long_names=1.0))
+    assert sum(map(len, long)) / len(long) > sum(map(len, short)) / len(short) + 2.5
+    assert sum(any(c in w.lower() for c in ("st", "kr", "ph", "qu", "th", "sch")) for w in long) > len(long) / 3
+    heldout = [n.lower() for n in synthetic._HELDOUT_NAMES]
+    assert not any(n in w.lower() for w in long for n in heldout)
+    for name in ("more_layouts", "label_synonyms", "direct_questions", "long_names"):
+        with pytest.raises(ValueError, match=f"{name} applies to the train and validation"):
+            generate_split("test_layouts", 5, **{name: 0.5})
 
 
 def test_document_packets_ask_about_one_document_that_only_it_answers():

@@ -266,7 +266,9 @@ def training_rows(args):
     `args.random_lines_fraction` a short transcription of 1-3 lines of random characters instead (the copy
     primitive, cell code -> bytes in reading order, with no language prior and short targets)."""
     docs = iter_examples("train", 10**9, seed=args.data_seed, tasks=tuple(args.tasks), invented_names=args.invented_names,
-                         all_digits=args.all_digits, shuffled_fields=args.shuffled_fields)
+                         all_digits=args.all_digits, shuffled_fields=args.shuffled_fields, long_names=args.long_names,
+                         more_layouts=args.more_layouts, label_synonyms=args.label_synonyms,
+                         direct_questions=args.direct_questions)
     rng, chunk = random.Random(f"grid-t:{args.data_seed}"), 0
     while True:
         randoms = random_lines_split("train", 512, seed=args.data_seed * 1000 + chunk, lines=(1, 3), chars=(4, 32))
@@ -431,6 +433,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--all-digits", type=float, default=0.0,
                         help="share of documents whose numbers end in any digit (else 0-6: the held-out rule)")
     parser.add_argument("--shuffled-fields", type=float, default=0.0, help="share of documents with facts in a random order")
+    parser.add_argument("--long-names", type=float, default=0.0,
+                        help="share of invented-name documents with long names and consonant clusters")
+    parser.add_argument("--more-layouts", type=float, default=0.0,
+                        help="share of documents in one of the extra training layouts (EXTRA_TRAIN_LAYOUTS)")
+    parser.add_argument("--label-synonyms", type=float, default=0.0,
+                        help="probability that a field is labelled with one of its synonyms (LABEL_SYNONYMS)")
+    parser.add_argument("--direct-questions", type=float, default=0.0,
+                        help="share of Q&A rows asked with a direct who / when question (DIRECT_QUESTIONS)")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-rows", type=int, default=40)
     parser.add_argument("--eval-documents", type=int, default=6, help="fresh documents to transcribe whole")

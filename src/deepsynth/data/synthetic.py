@@ -61,6 +61,9 @@ TRANSCRIPTION_INSTRUCTIONS = (
 RANDOM_LINE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789$%.,:-/"
 TRAIN_LAYOUTS = ("fields", "prose", "bullets")
 HELDOUT_LAYOUTS = ("table", "inline")
+# Training-only layout variety (opt-in, `more_layouts`): more ways a user writes fields down. None of them is a
+# held-out layout: no whitespace-aligned column and no " - " / " | " pairs, so test_layouts stays unseen.
+EXTRA_TRAIN_LAYOUTS = ("equals", "dotted", "numbered", "next_line", "semicolons")
 SPLITS = ("train", "validation", "test_values", "test_paraphrases", "test_layouts")
 ANSWER_SEP = "; "
 # Fact types that count as "values" for the held-out-values split (what must never leak).
@@ -113,23 +116,113 @@ _HELDOUT_NAMES = _HELDOUT_FIRST + _HELDOUT_LAST + _HELDOUT_STEMS + _HELDOUT_PROD
 VARIETY_SPLITS = ("train", "validation")  # the splits that take the training-only variety (names, digits, order)
 
 
-def _invented_word(rng: random.Random, syllables: tuple[int, int]) -> str:
-    """A pronounceable made-up name ("Davkulo", "Yrex") that contains no held-out name."""
+# Onsets and codas of the long made-up names: clusters as in "Kowalczyk" or "Quillfeather", which the plain
+# consonant-vowel names never show the decoder.
+_CLUSTER_ONSETS = ("st", "kr", "br", "ph", "qu", "th", "sch", "gl", "tr", "wl", "pf", "dr", "sk", "zh")
+_CLUSTER_CODAS = ("ll", "rn", "ck", "st", "lcz", "th", "rk", "nd", "mb", "ff")
+
+
+def _invented_word(rng: random.Random, syllables: tuple[int, int], clusters: bool = False) -> str:
+    """A pronounceable made-up name ("Davkulo", "Yrex") that contains no held-out name. `clusters`: syllables may
+    open and close on consonant clusters ("Thraskellor"), and no held-out name occurs in any letter case."""
+    consonants, codas = "bcdfghjklmnpqrstvwxz", ("", "", "n", "r", "l", "s", "x")
     while True:
-        word = "".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiouy") + rng.choice(("", "", "n", "r", "l", "s", "x"))
-                       for _ in range(rng.randint(*syllables))).capitalize()
-        if not any(name in word for name in _HELDOUT_NAMES):
+        parts = []
+        for _ in range(rng.randint(*syllables)):
+            onset = rng.choice(_CLUSTER_ONSETS) if clusters and rng.random() < 0.3 else rng.choice(consonants)
+            coda = rng.choice(_CLUSTER_CODAS) if clusters and rng.random() < 0.2 else rng.choice(codas)
+            parts.append(onset + rng.choice("aeiouy") + coda)
+        word = "".join(parts).capitalize()
+        if clusters and not any(name.lower() in word.lower() for name in _HELDOUT_NAMES):
+            return word
+        if not clusters and not any(name in word for name in _HELDOUT_NAMES):
             return word
 
 
-def invented_pools(rng: random.Random) -> Pools:
+def invented_pools(rng: random.Random, long_names: bool = False) -> Pools:
     """Training pools of made-up names for one document: a small model memorises a fixed pool of 20 company stems
     and writes them back instead of reading the page; names it can only copy teach it to copy. Digits stay
-    the training digits, so the held-out-values split remains unseen."""
+    the training digits, so the held-out-values split remains unseen. `long_names`: longer names with consonant
+    clusters (company stems of 3-4 syllables, "Thraskelmoor"), as long as the held-out ones ("Quillfeather",
+    "Kowalczyk"), which the short names leave the decoder copying with a dropped or changed letter."""
     def words(k, syllables):
-        return tuple(_invented_word(rng, syllables) for _ in range(k))
+        return tuple(_invented_word(rng, syllables, clusters=long_names) for _ in range(k))
 
+    if long_names:
+        return Pools(words(4, (1, 3)), words(4, (2, 4)), words(3, (3, 4)), words(2, (2, 3)), _TRAIN_DIGITS)
     return Pools(words(4, (1, 2)), words(4, (2, 3)), words(3, (2, 3)), words(2, (1, 2)), _TRAIN_DIGITS)
+
+# --- training-only variety: other names for a field, and direct questions -------------------
+
+# Other labels a user writes for the same field (opt-in, `label_synonyms`). Questions keep asking by the fact's
+# `ask` phrase, so the decoder has to match "name of the vendor" to "Issued by" as well as to "From".
+LABEL_SYNONYMS = {
+    "Company": ("Company name", "Firm", "Business"),
+    "Revenue": ("Sales", "Total revenue", "Quarterly revenue"),
+    "Prior-year revenue": ("Last year's revenue", "Revenue a year ago"),
+    "Revenue growth": ("Growth", "YoY growth"),
+    "Net income": ("Net profit", "Profit"),
+    "Operating margin": ("Margin", "Op. margin"),
+    "CFO": ("Chief Financial Officer", "Signed by"),
+    "Invoice number": ("Invoice no.", "Invoice #", "Reference"),
+    "From": ("Vendor", "Issued by", "Seller"),
+    "Bill to": ("Client", "Billed to", "Customer"),
+    "Issue date": ("Invoice date", "Date issued", "Dated"),
+    "Total due": ("Amount due", "Total", "Balance due"),
+    "Due date": ("Payment due", "Pay by", "Due"),
+    "Organization": ("Organisation", "Company", "Team"),
+    "Date": ("Meeting date", "Held on", "When"),
+    "Chair": ("Chaired by", "Chairperson", "Led by"),
+    "Topic": ("Main topic", "Subject", "Agenda"),
+    "Approved budget": ("Budget approved", "Budget"),
+    "Action owner": ("Owner", "Assigned to", "Responsible"),
+    "Action item": ("Next step", "Action", "To do"),
+    "Deadline": ("Due by", "Target date"),
+    "Product": ("Model", "Product name"),
+    "Manufacturer": ("Made by", "Maker", "Brand"),
+    "Price": ("Retail price", "List price", "Cost"),
+    "Care plan": ("Extended care", "Protection plan"),
+    "Weight": ("Mass", "Net weight"),
+    "Battery": ("Battery capacity", "Cell capacity"),
+    "Release date": ("Released", "Launch date", "Available from"),
+    "Warranty": ("Guarantee", "Warranty period"),
+    "Candidate": ("Addressed to", "Candidate name", "Employee"),
+    "Position": ("Role", "Job title", "Title"),
+    "Annual salary": ("Salary", "Base salary", "Yearly pay"),
+    "Signing bonus": ("Bonus", "Sign-on bonus"),
+    "Manager": ("Reports to", "Supervisor", "Line manager"),
+    "Start date": ("First day", "Starting on", "Start"),
+    "Respond by": ("Reply by", "Response deadline", "Accept by"),
+}
+
+# Direct questions by a fact's `ask` phrase (opt-in, `direct_questions`): who / when / which wordings that no
+# "{q}" template writes. Training and validation only, so the held-out paraphrase templates stay unseen.
+DIRECT_QUESTIONS = {
+    "company name": ("Which company reported these results?", "Whose quarterly report is this?"),
+    "name of the CFO": ("Who signed the report?", "Who is the CFO?"),
+    "name of the vendor": ("Who sent this invoice?", "Which company issued the invoice?"),
+    "name of the client": ("Who is the invoice billed to?", "Which company has to pay?"),
+    "issue date": ("When was the invoice issued?", "On what date was the invoice written?"),
+    "total amount due": ("How much is owed in total?", "How much has to be paid?"),
+    "due date": ("By when must the invoice be paid?", "When does payment fall due?"),
+    "name of the organization": ("Which organization held the meeting?", "Whose meeting was this?"),
+    "meeting date": ("When did the meeting take place?", "On what date was the meeting held?"),
+    "name of the meeting chair": ("Who led the meeting?", "Who was the chair?"),
+    "owner of the action item": ("Who owns the action item?", "Who is responsible for the next step?"),
+    "deadline for the action item": ("When is the action item due?", "By when must the next step be done?"),
+    "approved budget": ("How much budget was approved?", "What budget did the team approve?"),
+    "manufacturer": ("Who makes the product?", "Which company builds it?"),
+    "price": ("How much does it cost?", "How much does the product sell for?"),
+    "release date": ("When was it released?", "When did the product come out?"),
+    "weight": ("How heavy is it?", "How much does it weigh?"),
+    "name of the employer": ("Which company is making the offer?", "Who is the employer?"),
+    "candidate's name": ("Who is the letter addressed to?", "Who receives the offer?"),
+    "name of the manager": ("Who will the new hire report to?", "Who is the manager?"),
+    "start date": ("When does the job start?", "When is the first day of work?"),
+    "response deadline": ("By when must the candidate reply?", "When is the answer due?"),
+    "annual salary": ("How much is the yearly salary?", "What does the job pay a year?"),
+}
+
 
 # --- instruction templates: (id, text); "t" = training, "h" = held-out paraphrases ----------
 
@@ -458,8 +551,19 @@ def render(doc: Document, layout: str) -> str:
         body = [f"{'Item'.ljust(width)}Value"] + [f"{f.label.ljust(width)}{f.value}" for f in doc.facts]
     elif layout == "inline":  # "Label - value" pairs run together, separated by " | "
         body = _wrap(" | ".join(f"{f.label} - {f.value}" for f in doc.facts), [f.value for f in doc.facts])
+    elif layout == "equals":  # "Label = value" lines
+        body = [f"{f.label} = {f.value}" for f in doc.facts]
+    elif layout == "dotted":  # dot leaders: "Label ..... value"
+        width = max(len(f.label) for f in doc.facts) + 4
+        body = [f"{f.label} {'.' * (width - len(f.label))} {f.value}" for f in doc.facts]
+    elif layout == "numbered":  # "1. sentence"
+        body = [f"{i}. {f.sentence}" for i, f in enumerate(doc.facts, 1)]
+    elif layout == "next_line":  # the label on its own line, the value indented below it
+        body = [line for f in doc.facts for line in (f"{f.label}:", f"  {f.value}")]
+    elif layout == "semicolons":  # "Label: value; Label: value" run together
+        body = _wrap("; ".join(f"{f.label}: {f.value}" for f in doc.facts), [f.value for f in doc.facts])
     else:
-        raise ValueError(f"unknown layout {layout!r}; choose from {TRAIN_LAYOUTS + HELDOUT_LAYOUTS}")
+        raise ValueError(f"unknown layout {layout!r}; choose from {TRAIN_LAYOUTS + EXTRA_TRAIN_LAYOUTS + HELDOUT_LAYOUTS}")
     return "\n".join([doc.title, *body])
 
 
@@ -476,8 +580,10 @@ def field_name(label: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
-def _make_task(task: str, doc: Document, text: str, template_set: str, rng: random.Random) -> tuple[str, str, str]:
-    """(instruction, answer, template_id) for one task on one rendered document."""
+def _make_task(task: str, doc: Document, text: str, template_set: str, rng: random.Random,
+               direct_questions: float = 0.0) -> tuple[str, str, str]:
+    """(instruction, answer, template_id) for one task on one rendered document. `direct_questions`: the share of
+    Q&A rows asked with one of the fact's DIRECT_QUESTIONS instead of a template (facts that have them)."""
     if task == "transcription":
         index = rng.randrange(len(TRANSCRIPTION_INSTRUCTIONS))
         return TRANSCRIPTION_INSTRUCTIONS[index], text, f"transcription/t{index:02d}"
@@ -486,6 +592,9 @@ def _make_task(task: str, doc: Document, text: str, template_set: str, rng: rand
     template_id = f"{task}/{template_set[0]}{index:02d}"  # e.g. "qa/t03", "summary/h01"
     if task == "qa":
         fact = rng.choice([f for f in doc.facts if f.ask])
+        if direct_questions > 0 and fact.ask in DIRECT_QUESTIONS and rng.random() < direct_questions:
+            wording = rng.randrange(len(DIRECT_QUESTIONS[fact.ask]))
+            return DIRECT_QUESTIONS[fact.ask][wording], fact.value, f"qa/d{wording:02d}"
         return templates[index].format(q=fact.ask), fact.value, template_id
     if task == "extraction":
         # Only targets with at least two values: a one-item "list" would just be QA.
@@ -502,17 +611,24 @@ def _make_task(task: str, doc: Document, text: str, template_set: str, rng: rand
 
 
 def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, invented_names: float = 0.0,
-                  all_digits: float = 0.0, shuffled_fields: float = 0.0):
+                  all_digits: float = 0.0, shuffled_fields: float = 0.0, long_names: float = 0.0,
+                  more_layouts: float = 0.0, label_synonyms: float = 0.0, direct_questions: float = 0.0):
     """Yield (row, document) pairs; `generate_split` keeps the rows. Tests use the documents. `tasks` are cycled
     (default: qa, extraction, summary; add "transcription" for reading rows, see ALL_TASKS). `invented_names`
     (train and validation only): this fraction of documents takes its names from `invented_pools`; `all_digits`
     (train and validation only): this fraction of documents ends its numbers in any digit (module docstring);
     `shuffled_fields`: this fraction of documents lists its facts in a random order (a user's fields come in any
-    order; in a fixed order a small decoder locates a field by its line instead of its label)."""
+    order; in a fixed order a small decoder locates a field by its line instead of its label). The generator's
+    wider variety, train and validation only as well: `long_names` (this fraction of the invented-name documents
+    takes long names with consonant clusters, `invented_pools(long_names=True)`), `more_layouts` (this fraction
+    of documents is rendered in one of EXTRA_TRAIN_LAYOUTS), `label_synonyms` (each field of a document takes one
+    of its LABEL_SYNONYMS with this probability), `direct_questions` (see `_make_task`)."""
     if split not in _SPLIT_CONFIG:
         raise ValueError(f"unknown split {split!r}; choose from {SPLITS}")
     for name, value in (("invented_names", invented_names), ("all_digits", all_digits),
-                        ("shuffled_fields", shuffled_fields)):
+                        ("shuffled_fields", shuffled_fields), ("long_names", long_names),
+                        ("more_layouts", more_layouts), ("label_synonyms", label_synonyms),
+                        ("direct_questions", direct_questions)):
         if value and split not in VARIETY_SPLITS:
             raise ValueError(f"{name} applies to the {' and '.join(VARIETY_SPLITS)} splits, not {split!r}")
     if not tasks or any(t not in ALL_TASKS + JSON_TASKS for t in tasks):
@@ -525,15 +641,20 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
         kind, task = DOC_KINDS[i % len(DOC_KINDS)], tasks[(i // len(DOC_KINDS)) % len(tasks)]
         layout = rng.choice(layouts)
         # Draw nothing extra unless asked, so existing datasets stay byte for byte what they were.
+        if more_layouts > 0 and rng.random() < more_layouts:
+            layout = rng.choice(EXTRA_TRAIN_LAYOUTS)
         invent = invented_names > 0 and rng.random() < invented_names
-        doc_pools = invented_pools(rng) if invent else pools
+        doc_pools = invented_pools(rng, long_names=long_names > 0 and rng.random() < long_names) if invent else pools
         if all_digits > 0 and rng.random() < all_digits:
             doc_pools = replace(doc_pools, digits=ALL_DIGITS)
         doc = make_document(kind, rng, doc_pools)
+        if label_synonyms > 0:
+            doc.facts = [replace(f, label=rng.choice(LABEL_SYNONYMS[f.label]))
+                         if f.label in LABEL_SYNONYMS and rng.random() < label_synonyms else f for f in doc.facts]
         if shuffled_fields > 0 and rng.random() < shuffled_fields:
             rng.shuffle(doc.facts)
         text = render(doc, layout)
-        instruction, answer, template_id = _make_task(task, doc, text, template_set, rng)
+        instruction, answer, template_id = _make_task(task, doc, text, template_set, rng, direct_questions)
         row = {
             "id": f"{split}-{seed}-{i:06d}",
             "text": text,
@@ -551,7 +672,8 @@ def iter_examples(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, inven
 
 def generate_split(split: str, n: int, seed: int = 0, tasks: tuple = TASKS, **variety) -> list[dict]:
     """`n` rows of `split` with keys id, text, instruction, answer, task, doc_kind, layout, template_id.
-    `variety`: the training-only fractions of `iter_examples` (invented_names, all_digits, shuffled_fields)."""
+    `variety`: the training-only fractions of `iter_examples` (invented_names, all_digits, shuffled_fields,
+    long_names, more_layouts, label_synonyms, direct_questions)."""
     return [row for row, _ in iter_examples(split, n, seed, tasks, **variety)]
 
 
