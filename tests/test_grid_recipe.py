@@ -99,7 +99,8 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
     cells = tmp_path / "cells.pt"
     common = ["--processor", str(processor_dir), "--cells", str(cells)]
     grid_text_stage.main([*common, *TINY, "--out", str(tmp_path / "T"), "--steps", "6", "--stop-after", "2",
-                          "--batch", "2", "--eval-every", "2", "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--warmup", "1"])
+                          "--batch", "2", "--eval-every", "2", "--eval-rows", "1", "--eval-packets", "1",
+                          "--eval-documents", "1", "--eval-lines", "1", "--warmup", "1"])
     assert torch.load(tmp_path / "T" / "state.pt", weights_only=False)["step"] == 2
     with pytest.raises(ValueError, match="code of shape"):  # the code is 32 wide, the config's decoder 128
         grid_align_stage.main([*common, "--out", str(tmp_path / "V"), "--steps", "1"])
@@ -109,7 +110,7 @@ def test_stages_run_and_assemble(processor_dir, tmp_path):
     # --evaluate-only scores the saved weights on the same rows: the last logged evaluation, number for number
     bound = tmp_path / "bound.json"
     grid_text_stage.main([*common, *TINY, "--init", str(tmp_path / "T"), "--evaluate-only", str(bound),
-                          "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1"])
+                          "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--eval-lines", "1"])
     scored = json.loads(bound.read_text())
     assert scored["rows"] == 1 and {k: scored[k] for k in json.loads(log[-1])["eval"]} == json.loads(log[-1])["eval"]
     vision = torch.load(tmp_path / "V" / "vision.pt")
@@ -156,7 +157,7 @@ def test_a_grown_decoder_answers_as_before_and_then_learns(processor_dir, tmp_pa
     identities (zero output projections), so the logits are the old decoder's; then every layer trains."""
     cells = tmp_path / "cells.pt"
     common = ["--processor", str(processor_dir), "--cells", str(cells), "--hidden", "32", "--batch", "2",
-              "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--warmup", "1"]
+              "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--eval-lines", "1", "--warmup", "1"]
     grid_text_stage.main([*common, "--layers", "2", "--out", str(tmp_path / "T"), "--steps", "3", "--eval-every", "3"])
     args = grid_text_stage.argparse.Namespace(processor=str(processor_dir), hidden=32, seed=1, cells=cells,
                                               config=str(grid_text_stage.HERE / "grid" / "model_config.json"))
@@ -185,6 +186,22 @@ def test_a_grown_decoder_answers_as_before_and_then_learns(processor_dir, tmp_pa
     assert len(trained) == 5 and trained[1].self_attn.o_proj.weight.abs().sum() > 0
 
 
+def test_cached_greedy_answers_equal_the_uncached_ones(tmp_path):
+    """Stage T's evaluation decodes with the KV cache; it must write exactly what recomputing the whole prompt
+    every step writes (a page is 273 positions, so the cache is what makes an evaluation affordable). On the
+    committed model, whose answers depend on where things are (an untrained decoder's barely do)."""
+    demo = ROOT / "checkpoints" / "deepsynth-demo"
+    processor = grid_text_stage.DeepSynthProcessor.from_pretrained(str(demo))
+    model = DeepSynthForConditionalGeneration.from_pretrained(demo).eval()
+    cells = grid_text_stage.CellEmbedder.for_processor(processor, 128, tmp_path / "cells.pt")
+    batcher = grid_text_stage.GridBatcher(model, processor, cells, from_pixels=True)
+    rows = [r for r, _ in iter_examples("test_values", 6, seed=1, tasks=("qa", "transcription"))]
+    answers = [batcher.answer(r, 48) for r in rows]
+    assert answers == [batcher.answer(r, 48, use_cache=False) for r in rows]
+    assert sum(a == r["answer"] for a, r in zip(answers, rows) if r["task"] == "qa") >= 1
+    assert all(len(a) >= 40 for a, r in zip(answers, rows) if r["task"] == "transcription")
+
+
 def test_stage_t_trains_on_long_packets(processor_dir, tmp_path):
     """--packet-batches 1: every batch is multi-document packets, laid out on up to --max-pages pages (saved
     with the output, so the checkpoint reads documents that long)."""
@@ -192,7 +209,8 @@ def test_stage_t_trains_on_long_packets(processor_dir, tmp_path):
 
     args = ["--processor", str(processor_dir), "--cells", str(tmp_path / "cells.pt"), *TINY, "--out",
             str(tmp_path / "T"), "--steps", "1", "--batch", "2", "--packet-batches", "1", "--packet-batch", "2",
-            "--max-pages", "6", "--eval-every", "1", "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1", "--warmup", "1"]
+            "--max-pages", "6", "--eval-every", "1", "--eval-rows", "1", "--eval-packets", "1", "--eval-documents", "1",
+            "--eval-lines", "1", "--warmup", "1"]
     parsed = grid_text_stage.parse_args(args)
     _, processor, _ = grid_text_stage.build(parsed)
     batch = next(grid_text_stage.training_batches(parsed, processor.image_processor))

@@ -305,7 +305,8 @@ def test_wider_variety_renders_new_layouts_labels_questions_and_names_for_traini
     when questions and long made-up names. Off by default (the data is unchanged); never a held-out layout or
     wording; every Q&A answer stays verbatim on the page and every field is still on one line with its label."""
     variety = {"more_layouts": 0.5, "label_synonyms": 0.5, "direct_questions": 0.5}
-    assert generate_split("train", 100, seed=4, **{k: 0.0 for k in variety}, long_names=0.0) == generate_split("train", 100, seed=4)
+    off = {name: 0.0 for name in (*variety, "long_names")}
+    assert generate_split("train", 100, seed=4, **off) == generate_split("train", 100, seed=4)
     pairs = list(iter_examples("train", 600, seed=4, tasks=("qa", "extraction"), **variety))
     layouts = Counter(row["layout"] for row, _ in pairs)
     assert set(layouts) == set(TRAIN_LAYOUTS) | set(synthetic.EXTRA_TRAIN_LAYOUTS)

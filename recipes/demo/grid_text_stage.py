@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache
 
 ROOT = Path(__file__).resolve().parents[2]
 for path in (ROOT, ROOT / "src"):
@@ -227,15 +228,19 @@ class GridBatcher:
                 rows += [base._with_newlines(page), base.view_separator.unsqueeze(0)]
         return torch.cat(rows)  # (N_image_tokens, D)
 
-    def logits(self, examples, input_ids, attention_mask, noise: float = 0.0, pages=None) -> torch.Tensor:
-        """`pages`: `page_rows(examples)` when already computed (greedy decoding reuses them)."""
+    def input_embeds(self, examples, input_ids, noise: float = 0.0, pages=None) -> torch.Tensor:
+        """Token embeddings with the page rows and the instruction states spliced in (B, L, D). `pages`:
+        `page_rows(examples)` when already computed."""
         base, config = self.model.model, self.model.config
         embeds = base.get_input_embeddings()(input_ids)  # (B, L, D)
         pages = self.page_rows(examples, noise) if pages is None else pages
         embeds = DeepSynthModel._splice(embeds, input_ids, config.image_token_id, pages, "image")
-        embeds = DeepSynthModel._splice(embeds, input_ids, config.instruction_token_id,
-                                        self.instruction_rows(examples), "instruction")
-        hidden = base.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        return DeepSynthModel._splice(embeds, input_ids, config.instruction_token_id,
+                                      self.instruction_rows(examples), "instruction")
+
+    def logits(self, examples, input_ids, attention_mask, noise: float = 0.0) -> torch.Tensor:
+        embeds = self.input_embeds(examples, input_ids, noise)
+        hidden = self.model.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         return self.model.lm_head(hidden)  # (B, L, V)
 
     def loss(self, rows, noise: float) -> torch.Tensor:
@@ -245,19 +250,28 @@ class GridBatcher:
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten())
 
     @torch.no_grad()
-    def answer(self, row: dict, max_new_tokens: int) -> str:
-        """Greedy, one row, no cache (the rows are short): what the decoder answers from the grid."""
+    def answer(self, row: dict, max_new_tokens: int, use_cache: bool = True) -> str:
+        """Greedy, one row: what the decoder answers from the grid. With the KV cache each new token costs one
+        position instead of the whole prompt (a page is 273 positions); `use_cache=False` recomputes the prompt
+        every step (the reference the cache is tested against)."""
         ex = self.example(row, with_answer=False)
         ids = torch.tensor([ex["input_ids"]])
         pages = self.page_rows([ex])
         eos = self.processor.tokenizer.eos_token_id
-        out = []
+        decoder, out = self.model.model.language_model, []
+        cache = DynamicCache(config=decoder.config) if use_cache else None
+        embeds = self.input_embeds([ex], ids, pages=pages)  # (1, L, D)
         for _ in range(max_new_tokens):
-            nxt = int(self.logits([ex], ids, torch.ones_like(ids), pages=pages)[0, -1].argmax())
+            if use_cache:
+                hidden = decoder(inputs_embeds=embeds, cache=cache, use_cache=True).last_hidden_state
+            else:
+                hidden = decoder(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2])).last_hidden_state
+            nxt = int(self.model.lm_head(hidden[:, -1])[0].argmax())
             if nxt == eos:
                 break
             out.append(nxt)
-            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+            step = self.model.model.get_input_embeddings()(torch.tensor([[nxt]]))  # (1, 1, D)
+            embeds = step if use_cache else torch.cat([embeds, step], dim=1)
         return self.processor.tokenizer.decode(out, skip_special_tokens=True).strip()
 
 
@@ -319,8 +333,8 @@ def eval_documents(n: int) -> list[dict]:
     return [r for r, _ in iter_examples("validation", n, seed=3, tasks=("transcription",))]
 
 
-def evaluate(batcher, rows_by_split: dict, packets: list[dict], documents: list[dict]) -> dict:
-    """Held-out Q&A / extraction EM and F1 per split; the copy primitive: CER of 12 fresh random-line
+def evaluate(batcher, rows_by_split: dict, packets: list[dict], documents: list[dict], lines: int = 12) -> dict:
+    """Held-out Q&A / extraction EM and F1 per split; the copy primitive: CER of `lines` fresh random-line
     transcriptions (1-3 lines of random characters; ~0.97 before copying appears); whole-document transcription
     CER of `documents`; Q&A EM on the multi-document `packets` (all, and where the asked one is not the first)."""
     batcher.model.eval()
@@ -328,8 +342,8 @@ def evaluate(batcher, rows_by_split: dict, packets: list[dict], documents: list[
     def cer(rows, extra):
         return round(character_error_rate([batcher.answer(r, extra(r)) for r in rows], [r["answer"] for r in rows]), 3)
 
-    lines = random_lines_split("validation", 12, seed=3, lines=(1, 3), chars=(4, 32))
-    report = {"random_lines_cer": cer(lines, lambda r: 100),
+    random_lines = random_lines_split("validation", lines, seed=3, lines=(1, 3), chars=(4, 32))
+    report = {"random_lines_cer": cer(random_lines, lambda r: 100),
               "transcription_cer": cer(documents, lambda r: len(r["answer"]) + 16)}
     hits = [exact_match(batcher.answer(r, 32), r["answer"]) for r in packets]
     later = [h for h, r in zip(hits, packets) if r["asked_document"]]
@@ -444,6 +458,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-rows", type=int, default=40)
     parser.add_argument("--eval-documents", type=int, default=6, help="fresh documents to transcribe whole")
+    parser.add_argument("--eval-lines", type=int, default=12, help="fresh random-line pages to transcribe")
     parser.add_argument("--eval-packets", type=int, default=24, help="held-out multi-document packets to answer")
     parser.add_argument("--random-lines-fraction", type=float, default=0.0,
                         help="share of short random-character transcription rows")
@@ -473,7 +488,8 @@ def main(argv=None):
     from_pixels = args.pages_from_tower is not None
     if args.evaluate_only is not None:
         report = evaluate(GridBatcher(model, processor, cells, from_pixels), eval_rows(args.eval_rows),
-                          eval_packets(processor.image_processor, args.eval_packets), eval_documents(args.eval_documents))
+                          eval_packets(processor.image_processor, args.eval_packets), eval_documents(args.eval_documents),
+                          args.eval_lines)
         args.evaluate_only.write_text(json.dumps({"model": str(args.init), "rows": args.eval_rows, **report}, indent=1))
         print(json.dumps(report), flush=True)
         return
@@ -505,7 +521,7 @@ def main(argv=None):
                       "s_per_step": round((time.time() - started) / len(window), 3)}
             window, started = [], time.time()
             if step % args.eval_every == 0 or step == end:
-                record["eval"] = evaluate(batcher, held_out, held_out_packets, held_out_documents)
+                record["eval"] = evaluate(batcher, held_out, held_out_packets, held_out_documents, args.eval_lines)
                 save_state(state_file, step, optimizer, schedule, model=model, cells=cells)
                 started = time.time()
             log(log_file, record)
