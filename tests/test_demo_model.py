@@ -52,15 +52,15 @@ def test_quick_start_answer_is_exact(engine):
 
 
 @pytest.mark.parametrize("split,task,max_length,at_least", [
-    ("test_values", "qa", 32, 24), ("test_values", "extraction", 96, 29),
-    ("test_paraphrases", "qa", 32, 33), ("test_paraphrases", "extraction", 96, 32),
-    ("test_layouts", "qa", 32, 23), ("test_layouts", "extraction", 96, 27),
+    ("test_values", "qa", 32, 26), ("test_values", "extraction", 96, 30),
+    ("test_paraphrases", "qa", 32, 33), ("test_paraphrases", "extraction", 96, 34),
+    ("test_layouts", "qa", 32, 22), ("test_layouts", "extraction", 96, 24),
 ])
 def test_answers_heldout_questions_exactly(engine, split, task, max_length, at_least):
-    """Exact answers on 40 held-out rows of each split. Measured on these rows: Q&A 27 / 36 / 26, extraction
-    32 / 35 / 30 (values / wordings / layouts; the previous model, stage TJ: 25 / 34 / 26 and 32 / 34 / 26; the
-    model card's 80-row numbers are on other rows); shown another row's page instead, the same questions get at
-    most two right."""
+    """Exact answers on 40 held-out rows of each split. Measured on these rows: Q&A 29 / 36 / 25, extraction
+    33 / 37 / 27 (values / wordings / layouts; the TK/TJ average: 27 / 36 / 26 and 32 / 35 / 30; stage TJ:
+    25 / 34 / 26 and 32 / 34 / 26; the model card's 80-row numbers are on other rows); shown another row's page
+    instead, the same questions get at most two right."""
     rows = heldout(split, task, 40)
     docs = [r["text"] for r in rows]
     answers = engine.generate_batch(docs, [r["instruction"] for r in rows], max_length=max_length)
@@ -76,7 +76,7 @@ def test_heldout_values_are_read_not_remembered(engine):
     rows = [r for r in heldout("test_values", "qa", 40) if r["answer"] not in training_text()]
     answers = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=32)
     exact = [a for a, r in zip(answers, rows) if exact_match(a, r["answer"])]
-    assert len(rows) >= 18 and len(exact) >= 5, (len(rows), exact)  # measured 13 of 26
+    assert len(rows) >= 18 and len(exact) >= 5, (len(rows), exact)  # measured 15 of 26
 
 
 def test_transcribes_heldout_pages(engine):
@@ -85,7 +85,7 @@ def test_transcribes_heldout_pages(engine):
     read = engine.generate_batch([r["text"] for r in rows], [r["instruction"] for r in rows], max_length=600)
     own = character_error_rate(read, truth)
     other = character_error_rate(read, truth[1:] + truth[:1])  # another document of the same kinds
-    assert own < 0.1 and other > 0.8, (own, other, read[0], truth[0])  # measured 0.090 and 0.950
+    assert own < 0.1 and other > 0.8, (own, other, read[0], truth[0])  # measured 0.097 and 0.957
 
 
 def test_lays_a_long_document_out_whole(engine):
@@ -105,7 +105,7 @@ def test_confidence_separates_right_from_wrong(engine):
     results = engine.generate_batch_results([r["text"] for r in rows], [r["instruction"] for r in rows], 32)
     halves = calibration([{"prediction": res.answer, "answer": r["answer"], "confidence": res.confidence}
                           for res, r in zip(results, rows)])  # as the model card measures it
-    assert halves["em_top_half"] - halves["em_bottom_half"] >= 40, halves  # measured 98.3 vs 50.0
+    assert halves["em_top_half"] - halves["em_bottom_half"] >= 40, halves  # measured 100.0 vs 50.0
 
 
 def test_the_instruction_picks_the_kind_of_answer(engine):
@@ -115,11 +115,11 @@ def test_the_instruction_picks_the_kind_of_answer(engine):
     doc = str(EXAMPLE)
     assert engine.generate(doc, "What is the revenue growth rate?", max_length=32) == "15.0%"
     company = engine.generate(doc, "What is the company name?", max_length=32)
-    assert company.startswith("Northwind") and not any(c.isdigit() for c in company), company  # "Northwind Systems"
+    assert company.startswith("Northwind") and not any(c.isdigit() for c in company), company  # "Northwind Inc"
     transcript = engine.generate(doc, "Transcribe the document.", max_length=400)
     page = EXAMPLE.read_text(encoding="utf-8").strip()
     cer = character_error_rate([transcript], [page])
-    assert transcript.count("\n") >= 5 and "Q3" in transcript and cer < 0.15, (cer, transcript)  # measured 0.109
+    assert transcript.count("\n") >= 5 and "Q3" in transcript and cer < 0.15, (cer, transcript)  # measured 0.063
 
 
 def test_pdf_text_layer_and_refused_scans(engine):
