@@ -42,8 +42,8 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     tuned = load_file(args.tuned / "model.safetensors")
-    layers = json.loads((args.tuned / "config.json").read_text())["text_config"]["num_hidden_layers"]
-    start = stage_state(args.start, layers)
+    tc = json.loads((args.tuned / "config.json").read_text())["text_config"]
+    start = stage_state(args.start, tc["num_hidden_layers"], tc.get("intermediate_size"))
     soup = interpolated(tuned, start, args.alpha)
     shutil.copytree(args.tuned, args.out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("state.pt", "log.jsonl"))
     save_file(soup, args.out / "model.safetensors", metadata={"format": "pt"})

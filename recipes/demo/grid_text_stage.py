@@ -93,7 +93,7 @@ class CellEmbedder(nn.Module):
         return cells
 
 
-def decoder_overrides(config: dict, hidden: int | None, layers: int | None) -> dict:
+def decoder_overrides(config: dict, hidden: int | None, layers: int | None, intermediate: int | None = None) -> dict:
     """Decoder size from the command line: head size stays 32 (the smallest vLLM's CPU attention takes)."""
     tc = config["text_config"]
     if hidden:
@@ -101,6 +101,8 @@ def decoder_overrides(config: dict, hidden: int | None, layers: int | None) -> d
                   num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32)
     if layers:
         tc.update(num_hidden_layers=layers, mlp_layer_types=["dense"] * layers)
+    if intermediate:
+        tc.update(intermediate_size=intermediate)
     return config
 
 
@@ -126,19 +128,41 @@ def grown_decoder_state(state: dict, old_layers: int, new_layers: int) -> dict:
     return keep
 
 
-def stage_state(folder: Path, layers: int) -> dict:
-    """`folder`'s stage-T weights with a `layers`-layer decoder; one with fewer layers is grown
-    (`grown_decoder_state`)."""
+def widened_mlp_state(state: dict, intermediate: int) -> dict:
+    """The same function with `intermediate` MLP units a layer (>= the state's): the new units' input rows
+    (`gate_proj`, `up_proj`) start random, the same for every call (so a start widened again for weight averaging is
+    the run's own starting point), their `down_proj` columns zero, so they add nothing until they learn to."""
+    out, generator = dict(state), torch.Generator().manual_seed(0)
+    decoder = "model.language_model.layers."
+    for key in sorted(k for k in state if k.startswith(decoder) and k.endswith("mlp.down_proj.weight")):
+        mlp, down = key[: -len("down_proj.weight")], state[key]  # down: (H, I)
+        extra = intermediate - down.shape[1]
+        if extra < 0:
+            raise ValueError(f"cannot narrow an MLP of {down.shape[1]} units to {intermediate}")
+        for name in ("gate_proj", "up_proj"):
+            rows = torch.randn(extra, down.shape[0], generator=generator) * 0.02  # the config's initializer_range
+            out[f"{mlp}{name}.weight"] = torch.cat([state[f"{mlp}{name}.weight"], rows.to(down.dtype)])
+        out[key] = torch.cat([down, down.new_zeros(down.shape[0], extra)], dim=1)
+    return out
+
+
+def stage_state(folder: Path, layers: int, intermediate: int | None = None) -> dict:
+    """`folder`'s stage-T weights with a `layers`-layer decoder of `intermediate` MLP units; one with fewer layers is
+    grown (`grown_decoder_state`), one with fewer MLP units widened (`widened_mlp_state`)."""
     from safetensors.torch import load_file
 
     state = load_file(folder / "model.safetensors")
-    old = json.loads((folder / "config.json").read_text())["text_config"]["num_hidden_layers"]
-    return grown_decoder_state(state, old, layers) if old != layers else state
+    old = json.loads((folder / "config.json").read_text())["text_config"]
+    state = grown_decoder_state(state, old["num_hidden_layers"], layers) if old["num_hidden_layers"] != layers else state
+    if intermediate and intermediate != old.get("intermediate_size", intermediate):
+        state = widened_mlp_state(state, intermediate)
+    return state
 
 
 def load_stage(model, folder: Path) -> None:
-    """`folder`'s stage-T weights into `model` (`stage_state`: grown to the model's decoder if it has fewer layers)."""
-    state = stage_state(folder, model.config.text_config.num_hidden_layers)
+    """`folder`'s stage-T weights into `model` (`stage_state`: grown to the model's decoder if it is smaller)."""
+    tc = model.config.text_config
+    state = stage_state(folder, tc.num_hidden_layers, tc.intermediate_size)
     result = model.load_state_dict(state, strict=False)
     if set(result.missing_keys) - {"lm_head.weight"} or result.unexpected_keys:  # lm_head is tied, not saved
         raise ValueError(f"{folder} does not fit this decoder: {result}")
@@ -148,7 +172,8 @@ def build(args):
     processor = DeepSynthProcessor.from_pretrained(args.processor)
     if getattr(args, "max_pages", None):  # saved with the output: the checkpoint reads documents this long
         processor.image_processor.max_pages = args.max_pages
-    config = decoder_overrides(json.loads(Path(args.config).read_text()), args.hidden, args.layers)
+    config = decoder_overrides(json.loads(Path(args.config).read_text()), args.hidden, args.layers,
+                                getattr(args, "intermediate", None))
     torch.manual_seed(args.seed)
     model = DeepSynthForConditionalGeneration(DeepSynthConfig.from_dict(config))
     model, processor = set_instruction_encoder(model, processor, resolve_encoder_name("minilm"))
@@ -430,6 +455,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="learn the cell code, starting from the byte embeddings; written to --cells at the end")
     parser.add_argument("--init", type=Path, help="start from this stage-T folder's weights (a new schedule)")
     parser.add_argument("--hidden", type=int, help="decoder width (default: the config's)")
+    parser.add_argument("--intermediate", type=int, help="MLP units a decoder layer (default: the config's, 3 x "
+                        "--hidden); more than --init's widens its MLPs (new units start adding nothing)")
     parser.add_argument("--layers", type=int, help="decoder layers (default: the config's); more than --init's grows "
                         "its decoder (new layers start as identities)")
     parser.add_argument("--steps", type=int, default=3000)
