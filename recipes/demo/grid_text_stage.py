@@ -128,21 +128,27 @@ def grown_decoder_state(state: dict, old_layers: int, new_layers: int) -> dict:
     return keep
 
 
-def widened_mlp_state(state: dict, intermediate: int) -> dict:
-    """The same function with `intermediate` MLP units a layer (>= the state's): the new units' input rows
-    (`gate_proj`, `up_proj`) start random, the same for every call (so a start widened again for weight averaging is
-    the run's own starting point), their `down_proj` columns zero, so they add nothing until they learn to."""
+def widened_mlp_state(state: dict, intermediate: int, noise: float = 0.01) -> dict:
+    """The same function with `intermediate` MLP units a layer (>= the state's, at most twice): new unit j is a copy
+    of unit j's input rows (`gate_proj`, `up_proj`) and the two share unit j's `down_proj` column half and half, so
+    the sum is unchanged (Net2WiderNet). The copies' input rows get `noise` x their std of Gaussian noise (a fixed
+    seed, so a start widened again for weight averaging is the run's own starting point): exact copies would get
+    identical updates and stay one unit. (Measured first: new units with zero `down_proj` columns and fresh input
+    rows train as if absent, the loss equal to the narrow run's to 3 decimals through 1,075 steps.)"""
     out, generator = dict(state), torch.Generator().manual_seed(0)
     decoder = "model.language_model.layers."
     for key in sorted(k for k in state if k.startswith(decoder) and k.endswith("mlp.down_proj.weight")):
-        mlp, down = key[: -len("down_proj.weight")], state[key]  # down: (H, I)
+        mlp, down = key[: -len("down_proj.weight")], state[key].float()  # down: (H, I)
         extra = intermediate - down.shape[1]
-        if extra < 0:
-            raise ValueError(f"cannot narrow an MLP of {down.shape[1]} units to {intermediate}")
+        if not 0 <= extra <= down.shape[1]:
+            raise ValueError(f"cannot widen an MLP of {down.shape[1]} units to {intermediate} (at most twice)")
         for name in ("gate_proj", "up_proj"):
-            rows = torch.randn(extra, down.shape[0], generator=generator) * 0.02  # the config's initializer_range
-            out[f"{mlp}{name}.weight"] = torch.cat([state[f"{mlp}{name}.weight"], rows.to(down.dtype)])
-        out[key] = torch.cat([down, down.new_zeros(down.shape[0], extra)], dim=1)
+            rows = state[f"{mlp}{name}.weight"].float()  # (I, H)
+            copies = rows[:extra] + noise * rows[:extra].std() * torch.randn(extra, rows.shape[1], generator=generator)
+            out[f"{mlp}{name}.weight"] = torch.cat([rows, copies]).to(state[key].dtype)
+        shared = down.clone()
+        shared[:, :extra] /= 2
+        out[key] = torch.cat([shared, shared[:, :extra]], dim=1).to(state[key].dtype)
     return out
 
 
@@ -456,7 +462,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--init", type=Path, help="start from this stage-T folder's weights (a new schedule)")
     parser.add_argument("--hidden", type=int, help="decoder width (default: the config's)")
     parser.add_argument("--intermediate", type=int, help="MLP units a decoder layer (default: the config's, 3 x "
-                        "--hidden); more than --init's widens its MLPs (new units start adding nothing)")
+                        "--hidden); more than --init's widens its MLPs (existing units split in two)")
     parser.add_argument("--layers", type=int, help="decoder layers (default: the config's); more than --init's grows "
                         "its decoder (new layers start as identities)")
     parser.add_argument("--steps", type=int, default=3000)
