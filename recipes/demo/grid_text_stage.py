@@ -143,9 +143,10 @@ def widened_mlp_state(state: dict, intermediate: int, noise: float = 0.01) -> di
         if not 0 <= extra <= down.shape[1]:
             raise ValueError(f"cannot widen an MLP of {down.shape[1]} units to {intermediate} (at most twice)")
         for name in ("gate_proj", "up_proj"):
-            rows = state[f"{mlp}{name}.weight"].float()  # (I, H)
+            stored = state[f"{mlp}{name}.weight"]
+            rows = stored.float()  # (I, H)
             copies = rows[:extra] + noise * rows[:extra].std() * torch.randn(extra, rows.shape[1], generator=generator)
-            out[f"{mlp}{name}.weight"] = torch.cat([rows, copies]).to(state[key].dtype)
+            out[f"{mlp}{name}.weight"] = torch.cat([rows, copies]).to(stored.dtype)
         shared = down.clone()
         shared[:, :extra] /= 2
         out[key] = torch.cat([shared, shared[:, :extra]], dim=1).to(state[key].dtype)
